@@ -1,0 +1,83 @@
+"""Find checkpoint files: local paths and folders, ``file://`` and ``hf://owner/repo[/path]`` references, and
+Hugging Face repos (through ``huggingface_hub``, so its cache and ``HF_HUB_OFFLINE`` apply)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import CheckpointError
+
+MIMI_NAME = "tokenizer-e351c8d8-checkpoint125.safetensors"
+DEFAULT_REPO = "kyutai/moshiko-pytorch-bf16"
+
+
+def hf_download(repo: str, filename: str) -> Path:
+    """Path of ``filename`` from the Hugging Face repo ``owner/name``: the local cache first, else a download."""
+    try:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+    except ImportError as e:  # pragma: no cover - huggingface_hub is a core dependency
+        raise CheckpointError(f"huggingface_hub is needed to fetch {repo}/{filename}: pip install huggingface_hub") from e
+    # LocalEntryNotFoundError derives from EntryNotFoundError in recent huggingface_hub: catch it first.
+    try:
+        return Path(hf_hub_download(repo, filename))
+    except LocalEntryNotFoundError:
+        raise CheckpointError(
+            f"{repo}/{filename} is not in the local Hugging Face cache and could not be downloaded "
+            "(offline?). Download it on a connected machine, or pass a local file path instead."
+        ) from None
+    except EntryNotFoundError:
+        raise CheckpointError(f"the Hugging Face repo {repo} has no file {filename!r}") from None
+    except RepositoryNotFoundError:
+        raise CheckpointError(f"Hugging Face repo {repo!r} not found (check the name, or log in for a private repo)") from None
+    except OSError as e:
+        raise CheckpointError(f"could not fetch {repo}/{filename}: {e}") from None
+
+
+def repo_file_name(repo: str, key: str, default: str) -> str:
+    """The file name a repo's ``config.json`` gives under ``key`` (e.g. ``mimi_name``), else ``default``.
+
+    Repos without a ``config.json`` (moshiko, J-Moshi) use the defaults.
+    """
+    try:
+        config_path = hf_download(repo, "config.json")
+    except CheckpointError:
+        return default
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{config_path}: not a valid config.json ({e})") from None
+    name = config.get(key) or default
+    return name
+
+
+def resolve_file(spec: str | Path, default_name: str, config_key: str | None = None) -> Path:
+    """Turn a user reference into a local file.
+
+    - a local file path, or ``file://path``;
+    - a local folder: ``folder/default_name``;
+    - ``hf://owner/repo/path/in/repo``: that file; ``hf://owner/repo``: the repo's own file (its ``config.json``
+      under ``config_key``, else ``default_name``).
+    """
+    text = str(spec)
+    if text.startswith("hf://"):
+        parts = text[len("hf://") :].strip("/").split("/")
+        if len(parts) < 2 or not all(parts[:2]):
+            raise CheckpointError(f"{text!r}: expected hf://OWNER/REPO or hf://OWNER/REPO/FILE")
+        repo = "/".join(parts[:2])
+        if len(parts) > 2:
+            return hf_download(repo, "/".join(parts[2:]))
+        name = repo_file_name(repo, config_key, default_name) if config_key else default_name
+        return hf_download(repo, name)
+    if text.startswith("file://"):
+        text = text[len("file://") :]
+    path = Path(text).expanduser()
+    if path.is_dir():
+        candidate = path / default_name
+        if candidate.is_file():
+            return candidate
+        raise CheckpointError(f"folder {path} has no {default_name}; pass the file itself")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    return path

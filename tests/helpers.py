@@ -1,0 +1,44 @@
+"""Helpers shared by the tests: the speech sample and random weights that make parity tests meaningful."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ASSETS = Path(__file__).parent / "assets"
+
+
+def speech(seconds: float | None = None) -> torch.Tensor:
+    """The espeak-ng English sample at 24 kHz, [1, 1, S]; repeated or cut to ``seconds`` when given."""
+    import sphn
+
+    data, sr = sphn.read(str(ASSETS / "speech_en.wav"))
+    assert sr == 24000
+    wav = torch.from_numpy(np.ascontiguousarray(data[:1]))[None]
+    if seconds is not None:
+        n = int(seconds * 24000)
+        reps = -(-n // wav.shape[-1])
+        wav = wav.repeat(1, 1, reps)[..., :n]
+    return wav
+
+
+def randomize_(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
+    """Give layer scales, codebooks and usage counts non-trivial random values (in place).
+
+    Default initialisation leaves layer scales at 0.01 and codebooks degenerate, which would make parity tests
+    blind to the transformers and the quantizer.
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if "layer_scale" in name:
+                tensor.copy_(torch.rand(tensor.shape, generator=g) * 0.5 + 0.1)
+            elif "cluster_usage" in name:
+                tensor.copy_(torch.rand(tensor.shape, generator=g) + 0.5)
+            elif "embedding_sum" in name or name.endswith("codebooks"):
+                tensor.copy_(torch.randn(tensor.shape, generator=g))
+            elif "_initialized" in name:
+                tensor.fill_(1)
+    return model
