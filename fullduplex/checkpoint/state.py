@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -30,11 +31,16 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def write_safetensors(state: dict[str, torch.Tensor], path: str | os.PathLike[str], metadata: dict[str, str] | None = None) -> Path:
-    """Save atomically: write ``path.tmp`` then rename, so a failure never leaves a half-written file."""
+    """Save atomically: write a unique temporary file beside ``path``, then rename it, so a failure (or a
+    concurrent writer) never leaves a half-written file."""
     from safetensors.torch import save_file
 
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    if not path.parent.is_dir():
+        raise CheckpointError(f"cannot write {path}: folder {path.parent} does not exist")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
     try:
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
         os.replace(tmp, path)

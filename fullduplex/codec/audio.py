@@ -14,21 +14,25 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 from ..errors import AudioError
 
-__all__ = ["read_audio", "resample", "write_wav"]
+__all__ = ["read_audio", "read_audio_info", "resample", "write_wav"]
+
+T = TypeVar("T")
 
 _LOWPASS_WIDTH = 6  # zero crossings of the sinc on each side of a tap (torchaudio's default)
 _ROLLOFF = 0.99  # cutoff as a fraction of the lower Nyquist frequency (torchaudio's default)
 _CHUNK = 1 << 15  # output samples per gather step: bounds memory to ~ chunk x taps floats per channel
 
 
-def _sphn_call(what: str, path: Path, fn, *args, **kwargs):  # noqa: ANN001, ANN202 - thin wrapper
+def _sphn_call(what: str, path: Path, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run a ``sphn`` function and turn its failures (including Rust panics) into :class:`AudioError`."""
     try:
         return fn(*args, **kwargs)
@@ -101,7 +105,8 @@ def resample(wav: torch.Tensor, src_rate: int, dst_rate: int) -> torch.Tensor:
     out_len = -(-length * new // orig)
     base_freq = min(orig, new) * _ROLLOFF  # cutoff x 2 in units of the reduced rates
     half = math.ceil(_LOWPASS_WIDTH * orig / base_freq) + 1  # taps each side of the output position, in input samples
-    # Output k sits at input position k * orig / new = floor + phase / new; its weights depend only on the phase.
+    # Output k sits at input position k * orig / new = floor + phase / new with phase = k * orig % new; its
+    # weights depend only on the phase.
     offsets = torch.arange(-half, half + 1, dtype=torch.float64)  # [taps]
     phases = torch.arange(new, dtype=torch.float64)[:, None] / new  # [new, 1]
     t = (offsets[None] - phases) * (base_freq / orig)  # distance in periods of the cutoff
@@ -115,7 +120,7 @@ def resample(wav: torch.Tensor, src_rate: int, dst_rate: int) -> torch.Tensor:
         k = torch.arange(start, min(start + _CHUNK, out_len))
         floor = (k * orig) // new  # [N]
         windows = padded[:, floor[:, None] + tap_index[None]]  # [C, N, taps]; padded index = input index + half
-        out[:, start : start + k.shape[0]] = (windows * kernel[k % new]).sum(-1)
+        out[:, start : start + k.shape[0]] = (windows * kernel[(k * orig) % new]).sum(-1)
     return out.reshape(*lead, out_len).to(wav.dtype)
 
 

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..nn.derived import cached_derivation
 from .config import QuantizerConfig
 
 
@@ -25,13 +26,7 @@ class ResidualVQ(nn.Module):
 
     def _squared_norms(self) -> torch.Tensor:
         """|c|^2 of every entry [n_q, bins], cached until the codebooks change (saves a pass per frame)."""
-        books = self.codebooks
-        key = (books.data_ptr(), books._version, books.dtype, books.device)
-        cached = getattr(self, "_norms_cache", None)
-        if cached is None or cached[0] != key:
-            cached = (key, (books * books).sum(-1))
-            self._norms_cache = cached
-        return cached[1]
+        return cached_derivation(self, "_norms", self.codebooks, lambda books: (books * books).sum(-1))
 
     @property
     def n_q(self) -> int:

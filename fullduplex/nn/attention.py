@@ -118,3 +118,4 @@ class StreamingSelfAttention(StreamingModule):
             mask = sliding_mask(positions[:, start:end], positions[:, lo:end], self.context)
             outs.append(F.scaled_dot_product_attention(q[:, :, start:end], k[:, :, lo:end], v[:, :, lo:end], attn_mask=mask))
         return torch.cat(outs, dim=2)
+

@@ -13,7 +13,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .derived import cached_derivation
 from .streaming import StreamingModule, StreamingState, masked_zero_
+
+
+def _init_like_torch(weight: nn.Parameter, bias: nn.Parameter | None) -> None:
+    """torch.nn.Conv1d's default initialisation (fan-in from dims 1 and 2, as torch computes it)."""
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+    if bias is not None:
+        bound = 1 / math.sqrt(weight.shape[1] * weight.shape[2])
+        nn.init.uniform_(bias, -bound, bound)
 
 
 @dataclass
@@ -56,10 +65,7 @@ class StreamingConv1d(StreamingModule):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            bound = 1 / math.sqrt(self.weight.shape[1] * self.weight.shape[2])
-            nn.init.uniform_(self.bias, -bound, bound)
+        _init_like_torch(self.weight, self.bias)
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> ConvState:
         previous = torch.zeros(batch_size, self.weight.shape[1] * self.groups, self.padding, device=device, dtype=dtype)
@@ -83,9 +89,10 @@ class StreamingConv1d(StreamingModule):
     def _use_gemm(self, x: torch.Tensor) -> bool:
         if x.device.type != "cpu" or self.groups != 1 or self.dilation != 1:
             return False
-        # Measured on 2 cores: GEMM wins for 1x1 and strided convs over streaming-sized inputs; oneDNN wins
-        # over long (batch) inputs, where it also avoids the im2col copy.
-        return (self.weight.shape[-1] == 1 or self.stride > 1) and x.shape[-1] <= 4096
+        # Measured on 2 cores: GEMM wins for 1x1 and strided convs over streaming-sized inputs, and for any conv
+        # over a few steps (weight-bound); oneDNN wins over long (batch) inputs, where it also avoids im2col.
+        length = x.shape[-1]
+        return length <= 4096 and (self.weight.shape[-1] == 1 or self.stride > 1 or length <= 64)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         state = self._streaming_state
@@ -136,26 +143,15 @@ class StreamingConvTranspose1d(StreamingModule):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            bound = 1 / math.sqrt(self.weight.shape[1] * self.weight.shape[2])
-            nn.init.uniform_(self.bias, -bound, bound)
+        _init_like_torch(self.weight, self.bias)
 
     def _output_major_weight(self) -> torch.Tensor:
         """The weight as a contiguous [C_out * K, C_in] matrix, cached while the weight is unchanged.
 
         ``x @ W`` with W [C_in, C_out * K] runs at half memory speed for small T; the transposed copy runs at
-        full speed. Under autograd it is recomputed so that gradients flow to ``weight``.
+        full speed.
         """
-        weight = self.weight
-        if torch.is_grad_enabled() and weight.requires_grad:
-            return weight.view(weight.shape[0], -1).t().contiguous()
-        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
-        cached = getattr(self, "_weight_cache", None)
-        if cached is None or cached[0] != key:
-            cached = (key, weight.detach().view(weight.shape[0], -1).t().contiguous())
-            self._weight_cache = cached
-        return cached[1]
+        return cached_derivation(self, "_output_major", self.weight, lambda w: w.view(w.shape[0], -1).t().contiguous())
 
     @property
     def out_channels(self) -> int:

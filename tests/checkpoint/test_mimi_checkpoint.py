@@ -113,3 +113,10 @@ def test_released_architecture_default_and_legacy_codebook_names(tmp_path):
     save_file(legacy, str(tmp_path / "legacy.safetensors"))
     loaded = fd.load_mimi(tmp_path / "legacy.safetensors", config=TINY, num_codebooks=6)
     assert torch.equal(loaded.quantizer.rvq_rest.codebooks, model.quantizer.rvq_rest.codebooks)
+
+
+def test_save_into_missing_folder_fails_cleanly(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        fd.save_mimi(fd.Mimi(TINY), tmp_path / "nope" / "m.safetensors")
+    path = fd.save_mimi(fd.Mimi(TINY), tmp_path / "m.safetensors")
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left behind

@@ -115,3 +115,22 @@ def test_shapes_and_input_errors(mimi):
             assert mimi.encode(torch.zeros(1, 1, 100)).shape == (1, 8, 0)
             with pytest.raises(ValueError, match="streaming batch size"):
                 mimi.encode(torch.zeros(2, 1, 1920))
+
+
+def test_streaming_decode_checks_codes_on_cpu(mimi):
+    with torch.no_grad(), mimi.streaming(1):
+        with pytest.raises(ValueError, match="outside the codebook"):
+            mimi.decode(torch.full((1, 8, 1), 2048))
+        with pytest.raises(ValueError, match="outside the codebook"):
+            mimi.decode(torch.full((1, 8, 1), -1))
+
+
+def test_inference_mode_load_and_stream():
+    """Weights created under inference_mode keep no version counter; cached derivations must cope."""
+    wav = speech(1.0)
+    with torch.inference_mode():
+        model = fd.Mimi(mimi_preset("tiny"))
+        codes = model.encode(wav)
+        with model.streaming(1):
+            assert torch.equal(model.encode(wav)[..., :12], codes[..., :12])
+        assert model.decode(codes).shape == (1, 1, codes.shape[-1] * 1920)
