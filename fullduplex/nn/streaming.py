@@ -94,13 +94,6 @@ class StreamingModule(nn.Module):
                 module._streaming_state = None
                 module._streaming_active = False
 
-    @property
-    def streaming_batch_size(self) -> int | None:
-        for module in self._streaming_modules():
-            if module._streaming_state is not None:
-                return module._streaming_state.batch_size
-        return None
-
     def reset(self, mask: torch.Tensor | None = None) -> None:
         """Reset the batch items where ``mask`` [B] (bool) is True; all items when ``mask`` is None.
 
