@@ -12,8 +12,16 @@ MIMI_NAME = "tokenizer-e351c8d8-checkpoint125.safetensors"
 DEFAULT_REPO = "kyutai/moshiko-pytorch-bf16"
 
 
-def hf_download(repo: str, filename: str) -> Path:
-    """Path of ``filename`` from the Hugging Face repo ``owner/name``: the local cache first, else a download."""
+class HubUnreachable(CheckpointError):
+    """A file is not in the local Hugging Face cache and the hub could not be reached."""
+
+
+def hf_download(repo: str, filename: str, try_network: bool = True) -> Path:
+    """Path of ``filename`` from the Hugging Face repo ``owner/name``.
+
+    The local cache is used first, without contacting the hub (released checkpoints do not change, and an
+    offline machine should not wait on retries); otherwise the file is downloaded into the cache.
+    """
     try:
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
@@ -21,12 +29,19 @@ def hf_download(repo: str, filename: str) -> Path:
         raise CheckpointError(f"huggingface_hub is needed to fetch {repo}/{filename}: pip install huggingface_hub") from e
     # LocalEntryNotFoundError derives from EntryNotFoundError in recent huggingface_hub: catch it first.
     try:
+        return Path(hf_hub_download(repo, filename, local_files_only=True))
+    except (LocalEntryNotFoundError, EntryNotFoundError):
+        pass
+    unreachable = HubUnreachable(
+        f"{repo}/{filename} is not in the local Hugging Face cache and could not be downloaded "
+        "(offline?). Download it on a connected machine, or pass a local file path instead."
+    )
+    if not try_network:
+        raise unreachable
+    try:
         return Path(hf_hub_download(repo, filename))
     except LocalEntryNotFoundError:
-        raise CheckpointError(
-            f"{repo}/{filename} is not in the local Hugging Face cache and could not be downloaded "
-            "(offline?). Download it on a connected machine, or pass a local file path instead."
-        ) from None
+        raise unreachable from None
     except EntryNotFoundError:
         raise CheckpointError(f"the Hugging Face repo {repo} has no file {filename!r}") from None
     except RepositoryNotFoundError:
@@ -35,21 +50,23 @@ def hf_download(repo: str, filename: str) -> Path:
         raise CheckpointError(f"could not fetch {repo}/{filename}: {e}") from None
 
 
-def repo_file_name(repo: str, key: str, default: str) -> str:
-    """The file name a repo's ``config.json`` gives under ``key`` (e.g. ``mimi_name``), else ``default``.
+def repo_file_name(repo: str, key: str, default: str) -> tuple[str, bool]:
+    """(the file name a repo's ``config.json`` gives under ``key``, e.g. ``mimi_name``, else ``default``;
+    whether the hub is worth trying for further files).
 
     Repos without a ``config.json`` (moshiko, J-Moshi) use the defaults.
     """
     try:
         config_path = hf_download(repo, "config.json")
+    except HubUnreachable:
+        return default, False
     except CheckpointError:
-        return default
+        return default, True
     try:
         config = json.loads(config_path.read_text())
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{config_path}: not a valid config.json ({e})") from None
-    name = config.get(key) or default
-    return name
+    return config.get(key) or default, True
 
 
 def resolve_file(spec: str | Path, default_name: str, config_key: str | None = None) -> Path:
@@ -68,8 +85,8 @@ def resolve_file(spec: str | Path, default_name: str, config_key: str | None = N
         repo = "/".join(parts[:2])
         if len(parts) > 2:
             return hf_download(repo, "/".join(parts[2:]))
-        name = repo_file_name(repo, config_key, default_name) if config_key else default_name
-        return hf_download(repo, name)
+        name, reachable = repo_file_name(repo, config_key, default_name) if config_key else (default_name, True)
+        return hf_download(repo, name, try_network=reachable)
     if text.startswith("file://"):
         text = text[len("file://") :]
     path = Path(text).expanduser()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -66,6 +68,12 @@ def test_hf_reference_through_the_cache(tiny_file, tmp_path, monkeypatch):
     assert fd.load_mimi(hf_repo="someone/mimi-test", config=TINY, num_codebooks=None).config == TINY
     with pytest.raises(CheckpointError, match="not in the local Hugging Face cache"):
         fd.load_mimi("hf://someone/not-there", config=TINY, num_codebooks=None)
+    # Online mode too: a cached file is used without contacting the hub (here an address that refuses).
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    start = time.monotonic()
+    assert fd.load_mimi(f"hf://someone/mimi-test/{MIMI_NAME}", config=TINY, num_codebooks=None).config == TINY
+    assert time.monotonic() - start < 5
 
 
 def test_errors_name_the_problem(tiny_file, tmp_path):
