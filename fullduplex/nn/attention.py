@@ -1,10 +1,11 @@
 """Causal multi-head self-attention with a sliding context and a ring KV cache for streaming.
 
-A query at absolute position p attends to keys at positions p - context + 1 .. p. In streaming mode the keys
-live in a ring buffer shared by the batch (every item advances by the same number of steps per call) while
-each slot records, per item, the absolute position it holds, so one item can be reset without touching the
-others. The ring holds ``context - 1 + T`` slots for calls of T steps, so streaming sees exactly the keys that
-batch mode sees.
+A query at absolute position p attends to keys at positions p - context + 1 .. p. In streaming mode each layer
+keeps its keys and values in a ring buffer; which slot holds which absolute position (per batch item, so one item
+can be reset without touching the others), where the next step is written, and the resulting mask are the same
+for every layer, so the transformer keeps them once (:class:`~fullduplex.nn.transformer.KVIndex`) and hands each
+layer the slots to write and the mask to apply. The ring holds ``context - 1 + T`` slots for calls of T steps, so
+streaming sees exactly the keys that batch mode sees.
 """
 
 from __future__ import annotations
@@ -16,32 +17,28 @@ import torch.nn.functional as F
 from torch import nn
 
 from .rope import apply_rope
-from .streaming import StreamingModule, StreamingState, masked_zero_
+from .streaming import StreamingModule, StreamingState
+
+
+def initial_capacity(context: int) -> int:
+    """Ring slots allocated when streaming starts: enough for calls of two steps (one Mimi frame)."""
+    return context + 1
 
 
 @dataclass
 class KVCacheState(StreamingState):
     keys: torch.Tensor  # [B, H, N, D]
     values: torch.Tensor  # [B, H, N, D]
-    positions: torch.Tensor  # [B, N] absolute position held by each slot, -1 when empty
-    write: torch.Tensor  # [1] next slot to write, the same for every item (a tensor: CUDA-graph safe)
-
-    @property
-    def capacity(self) -> int:
-        return self.keys.shape[2]
 
     def reset(self, mask: torch.Tensor) -> None:
-        masked_zero_(self.positions, mask, -1)
+        """Nothing to clear: the transformer's :class:`KVIndex` marks the item's slots empty."""
 
-    def grow(self, capacity: int) -> None:
-        """Enlarge the ring to ``capacity`` slots, oldest entries first."""
-        write = int(self.write)  # a host sync, but growing happens once per new call length, not per step
-        order = torch.arange(write, write + self.capacity, device=self.keys.device) % self.capacity
-        extra = capacity - self.capacity
-        self.keys = torch.cat([self.keys[:, :, order], self.keys.new_zeros(*self.keys.shape[:2], extra, self.keys.shape[3])], 2)
-        self.values = torch.cat([self.values[:, :, order], self.values.new_zeros(*self.values.shape[:2], extra, self.values.shape[3])], 2)
-        self.positions = torch.cat([self.positions[:, order], self.positions.new_full((self.positions.shape[0], extra), -1)], 1)
-        self.write.fill_(capacity - extra)
+    def grow(self, order: torch.Tensor, capacity: int) -> None:
+        """Re-lay the ring with slots ``order`` (oldest first) followed by empty slots up to ``capacity``."""
+        extra = capacity - self.keys.shape[2]
+        pad = (0, 0, 0, extra)
+        self.keys = F.pad(self.keys[:, :, order], pad)
+        self.values = F.pad(self.values[:, :, order], pad)
 
 
 def sliding_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, context: int | None) -> torch.Tensor:
@@ -67,21 +64,23 @@ class StreamingSelfAttention(StreamingModule):
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> KVCacheState:
         if self.context is None:
             raise ValueError("streaming attention needs a finite context")
-        capacity = self.context + 1  # two steps per call; grows on demand
-        shape = (batch_size, self.num_heads, capacity, self.head_dim)
-        return KVCacheState(
-            batch_size,
-            torch.zeros(shape, device=device, dtype=dtype),
-            torch.zeros(shape, device=device, dtype=dtype),
-            torch.full((batch_size, capacity), -1, device=device, dtype=torch.long),
-            torch.zeros(1, device=device, dtype=torch.long),
-        )
+        shape = (batch_size, self.num_heads, initial_capacity(self.context), self.head_dim)
+        return KVCacheState(batch_size, torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
 
     def forward(
-        self, x: torch.Tensor, positions: torch.Tensor, rotation: tuple[torch.Tensor, torch.Tensor] | None = None
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        rotation: tuple[torch.Tensor, torch.Tensor] | None = None,
+        slots: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``x`` [B, T, D], ``positions`` [B, T] absolute step of each input, ``rotation`` from
-        :func:`~fullduplex.nn.rope.rope_rotation` (None: no positional rotation) → [B, T, D]."""
+        """``x`` [B, T, D] → [B, T, D].
+
+        ``positions`` [B, T]: absolute step of each input; ``rotation``: from
+        :func:`~fullduplex.nn.rope.rope_rotation` (None: no positional rotation). Streaming only: ``slots`` [T]
+        where this call's keys go in the ring, and ``mask`` [B, 1, T, N] over the ring's slots.
+        """
         B, T, D = x.shape
         qkv = self.in_proj(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [3, B, H, T, D]
         if rotation is not None:
@@ -93,15 +92,10 @@ class StreamingSelfAttention(StreamingModule):
         if state is None:
             out = self._attend_batch(q, k, v, positions)
         else:
-            needed = (self.context or 0) - 1 + T
-            if state.capacity < needed:
-                state.grow(needed)
-            slots = (torch.arange(T, device=x.device) + state.write) % state.capacity
+            if slots is None or mask is None:
+                raise ValueError("streaming attention needs the ring slots and mask from its transformer")
             state.keys.index_copy_(2, slots, k)
             state.values.index_copy_(2, slots, v)
-            state.positions.index_copy_(1, slots, positions)
-            state.write.add_(T).remainder_(state.capacity)
-            mask = sliding_mask(positions, state.positions, self.context)
             out = F.scaled_dot_product_attention(q, state.keys, state.values, attn_mask=mask)
         return self.out_proj(out.transpose(1, 2).reshape(B, T, D))
 
@@ -118,4 +112,3 @@ class StreamingSelfAttention(StreamingModule):
             mask = sliding_mask(positions[:, start:end], positions[:, lo:end], self.context)
             outs.append(F.scaled_dot_product_attention(q[:, :, start:end], k[:, :, lo:end], v[:, :, lo:end], attn_mask=mask))
         return torch.cat(outs, dim=2)
-

@@ -14,15 +14,23 @@ def rope_frequencies(head_dim: int, max_period: float, device: torch.device | No
 
 
 def rope_rotation(positions: torch.Tensor, freqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cos, sin) [B, 1, T, D/2] for absolute ``positions`` [B, T]; computed once, shared by every layer."""
-    angles = positions.to(torch.float32)[:, None, :, None] * freqs
-    return torch.cos(angles), torch.sin(angles)
+    """(cos, signed sin), each [B, 1, T, D], for absolute ``positions`` [B, T].
+
+    Computed once per call and shared by every layer. Each pair's angle is repeated for its two lanes; the sine
+    is negated on the real lanes, so that :func:`apply_rope` needs two products and one sum.
+    """
+    angles = positions.to(torch.float32)[:, None, :, None] * freqs  # [B, 1, T, D/2]
+    cos, sin = torch.cos(angles), torch.sin(angles)
+    return cos.repeat_interleave(2, dim=-1), torch.stack([-sin, sin], dim=-1).flatten(-2)
 
 
 def apply_rope(x: torch.Tensor, rotation: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Rotate ``x`` [..., T, D] by ``rotation`` from :func:`rope_rotation`; returns x's dtype."""
-    cos, sin = rotation
-    pairs = x.unflatten(-1, (-1, 2)).float()  # [B, H, T, D/2, 2]
-    real, imag = pairs[..., 0], pairs[..., 1]
-    out = torch.stack([real * cos - imag * sin, real * sin + imag * cos], dim=-1)
-    return out.flatten(-2).to(x.dtype)
+    """Rotate ``x`` [..., T, D] by ``rotation`` from :func:`rope_rotation`, in fp32; returns x's dtype.
+
+    Per pair (r, i): (r cos − i sin, i cos + r sin), computed as ``x * cos + swap(x) * signed_sin``, which
+    rounds exactly like the textbook formula (a − b equals a + (−b) in floating point).
+    """
+    cos, signed_sin = rotation
+    x32 = x.float()
+    swapped = x32.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (i, r) per pair
+    return (x32 * cos + swapped * signed_sin).to(x.dtype)

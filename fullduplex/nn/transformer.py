@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import StreamingSelfAttention
+from .attention import StreamingSelfAttention, initial_capacity, sliding_mask
 from .rope import rope_frequencies, rope_rotation
 from .streaming import StreamingModule, StreamingState, masked_zero_
 
@@ -49,17 +49,33 @@ class TransformerLayer(nn.Module):
         self.layer_scale_1 = LayerScale(dim, layer_scale) if layer_scale is not None else nn.Identity()
         self.layer_scale_2 = LayerScale(dim, layer_scale) if layer_scale is not None else nn.Identity()
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, rotation: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-        x = x + self.layer_scale_1(self.self_attn(self.norm1(x), positions, rotation))
+    def forward(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        rotation: tuple[torch.Tensor, torch.Tensor] | None,
+        slots: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = x + self.layer_scale_1(self.self_attn(self.norm1(x), positions, rotation, slots, mask))
         return x + self.layer_scale_2(self.linear2(F.gelu(self.linear1(self.norm2(x)))))
 
 
 @dataclass
-class PositionState(StreamingState):
+class KVIndex(StreamingState):
+    """What every layer's ring KV cache shares: positions, slot bookkeeping (see ``attention.py``)."""
+
     offset: torch.Tensor  # [B] absolute position of the next step, per item
+    positions: torch.Tensor  # [B, N] absolute position held by each ring slot, -1 when empty
+    write: torch.Tensor  # [1] next slot to write, the same for every item (a tensor: CUDA-graph safe)
+
+    @property
+    def capacity(self) -> int:
+        return self.positions.shape[1]
 
     def reset(self, mask: torch.Tensor) -> None:
         masked_zero_(self.offset, mask)
+        masked_zero_(self.positions, mask, -1)
 
 
 class StreamingTransformer(StreamingModule):
@@ -79,6 +95,7 @@ class StreamingTransformer(StreamingModule):
     ) -> None:
         super().__init__()
         self.conv_layout = conv_layout
+        self.context = context
         self.layers = nn.ModuleList(
             TransformerLayer(dim, num_heads, dim_feedforward, context, layer_scale, norm_eps) for _ in range(num_layers)
         )
@@ -93,21 +110,47 @@ class StreamingTransformer(StreamingModule):
         device = torch.device("cpu") if device.type == "meta" else device
         self.rope_freqs = rope_frequencies(self.head_dim, self.max_period, device)
 
-    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> PositionState:
-        return PositionState(batch_size, torch.zeros(batch_size, dtype=torch.long, device=device))
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> KVIndex:
+        if self.context is None:
+            raise ValueError("a streaming transformer needs a finite context")
+        return KVIndex(
+            batch_size,
+            torch.zeros(batch_size, dtype=torch.long, device=device),
+            torch.full((batch_size, initial_capacity(self.context)), -1, dtype=torch.long, device=device),
+            torch.zeros(1, dtype=torch.long, device=device),
+        )
+
+    def _grow(self, index: KVIndex, capacity: int) -> None:
+        """Enlarge every layer's ring to ``capacity`` slots, oldest entries first (once per new call length).
+
+        Reads the write slot on the host: growing is not part of a steady-state step.
+        """
+        write = int(index.write)
+        order = torch.arange(write, write + index.capacity, device=index.positions.device) % index.capacity
+        for layer in self.layers:
+            layer.self_attn.state.grow(order, capacity)
+        index.positions = F.pad(index.positions[:, order], (0, capacity - index.capacity), value=-1)
+        index.write.fill_(len(order))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.conv_layout:
             x = x.transpose(1, 2)  # [B, D, T] -> [B, T, D]
         B, T, _ = x.shape
         steps = torch.arange(T, device=x.device)
-        state = self._streaming_state
-        if state is None:
+        index = self._streaming_state
+        slots = mask = None
+        if index is None:
             positions = steps.expand(B, T)
         else:
-            positions = state.offset[:, None] + steps  # [B, T]
-            state.offset.add_(T)
+            positions = index.offset[:, None] + steps  # [B, T]
+            index.offset.add_(T)
+            if index.capacity < self.context - 1 + T:
+                self._grow(index, self.context - 1 + T)
+            slots = (steps + index.write) % index.capacity
+            index.positions.index_copy_(1, slots, positions)
+            index.write.add_(T).remainder_(index.capacity)
+            mask = sliding_mask(positions, index.positions, self.context)  # [B, 1, T, N], shared by all layers
         rotation = rope_rotation(positions, self.rope_freqs)
         for layer in self.layers:
-            x = layer(x, positions, rotation)
+            x = layer(x, positions, rotation, slots, mask)
         return x.transpose(1, 2) if self.conv_layout else x
