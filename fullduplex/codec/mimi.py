@@ -169,10 +169,10 @@ class Mimi(StreamingModule):
             raise ValueError(f"Mimi.decode expects codes shaped [B, K, T], got {tuple(codes.shape)}")
         if not 1 <= codes.shape[1] <= self.config.quantizer.n_q:
             raise ValueError(f"codes have {codes.shape[1]} codebooks; this Mimi has 1..{self.config.quantizer.n_q}")
+        if codes.shape[-1] == 0:  # e.g. a streaming encode call that completed no frame
+            return torch.zeros(codes.shape[0], self.config.seanet.channels, 0, device=codes.device)
         if self._streaming_state is None or not codes.is_cuda:  # on CUDA, checking every frame would sync
             check_codes(codes, self.cardinality)
-        elif codes.shape[-1] == 0:
-            return torch.zeros(codes.shape[0], self.config.seanet.channels, 0, device=codes.device)
         return self._graphed(("decode", tuple(codes.shape)), self._decode_codes)(codes.long())
 
     def _decode_codes(self, codes: torch.Tensor) -> torch.Tensor:

@@ -111,8 +111,11 @@ def test_shapes_and_input_errors(mimi):
             mimi.decode(torch.full((1, 8, 2), 2048))
         with pytest.raises(ValueError, match="num_codebooks"):
             mimi.num_codebooks = 33
+        assert mimi.decode(torch.zeros(2, 8, 0, dtype=torch.long)).shape == (2, 1, 0)
         with mimi.streaming(1):
-            assert mimi.encode(torch.zeros(1, 1, 100)).shape == (1, 8, 0)
+            none_yet = mimi.encode(torch.zeros(1, 1, 100))
+            assert none_yet.shape == (1, 8, 0)
+            assert mimi.decode(none_yet).shape == (1, 1, 0)  # encode -> decode chains work chunk by chunk
             with pytest.raises(ValueError, match="streaming batch size"):
                 mimi.encode(torch.zeros(2, 1, 1920))
 
