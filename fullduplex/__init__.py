@@ -4,8 +4,13 @@
 >>> mimi = fd.load_mimi("tokenizer-e351c8d8-checkpoint125.safetensors")
 """
 
-from .checkpoint import load_mimi, save_mimi
+from .checkpoint import load_lm, load_mimi, save_lm, save_mimi
 from .codec import Mimi, MimiConfig
+from .inference import Generator
+from .lm import LMConfig, LMModel, LMOutput
 
 __version__ = "0.1.0"
-__all__ = ["Mimi", "MimiConfig", "__version__", "load_mimi", "save_mimi"]
+__all__ = [
+    "Generator", "LMConfig", "LMModel", "LMOutput", "Mimi", "MimiConfig", "__version__", "load_lm", "load_mimi",
+    "save_lm", "save_mimi",
+]

@@ -13,7 +13,7 @@ from ..errors import CheckpointError
 from ..nn.conv import StreamingConvTranspose1d
 from .mimi_keys import LM_MARKERS, from_released, to_released
 from .resolve import DEFAULT_REPO, MIMI_NAME, resolve_file
-from .state import read_state_dict, write_safetensors
+from .state import assign_weights, check_state_dict, read_state_dict, write_safetensors
 
 
 def resolve_mimi(path_or_hf: str | Path | None = None, hf_repo: str | None = None) -> Path:
@@ -57,7 +57,7 @@ def load_mimi(
         config = config.with_codebooks(state["quantizer.rvq_rest.codebooks"].shape[0] + 1)
     with torch.device("meta"):
         model = Mimi(config, num_codebooks=1)
-    check_state_dict(model, state, unknown, str(path))
+    check_state_dict(model, state, unknown, str(path), "Mimi")
     if num_codebooks is None:
         num_codebooks = min(8, config.quantizer.n_q)
     if not 1 <= num_codebooks <= config.quantizer.n_q:
@@ -65,31 +65,7 @@ def load_mimi(
     model.num_codebooks = num_codebooks
     target = dtype or torch.float32
     state = {k: v.to(target) if v.is_floating_point() else v for k, v in state.items()}
-    model.load_state_dict(state, assign=True)
-    for module in model.modules():
-        if hasattr(module, "init_non_persistent_buffers"):
-            module.init_non_persistent_buffers()
-    return model.to(device=device).eval()
-
-
-def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], unknown: list[str], source: str) -> None:
-    """Raise :class:`CheckpointError` listing missing, unexpected and mis-shaped keys (released names kept)."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = unknown + [k for k in state if k not in expected]
-    mismatched = [
-        f"{k}: checkpoint {list(state[k].shape)}, model {list(expected[k].shape)}"
-        for k in expected
-        if k in state and state[k].shape != expected[k].shape
-    ]
-    if not (missing or unexpected or mismatched):
-        return
-    lines = [f"{source} does not match the Mimi architecture:"]
-    for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
-        if items:
-            shown = "; ".join(items[:5]) + (f"; ... ({len(items) - 5} more)" if len(items) > 5 else "")
-            lines.append(f"{len(items)} {title}: {shown}")
-    raise CheckpointError(" ".join(lines))
+    return assign_weights(model, state, device)
 
 
 def mimi_released_state_dict(model: Mimi) -> dict[str, torch.Tensor]:

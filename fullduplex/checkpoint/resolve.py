@@ -50,23 +50,29 @@ def hf_download(repo: str, filename: str, try_network: bool = True) -> Path:
         raise CheckpointError(f"could not fetch {repo}/{filename}: {e}") from None
 
 
-def repo_file_name(repo: str, key: str, default: str) -> tuple[str, bool]:
-    """(the file name a repo's ``config.json`` gives under ``key``, e.g. ``mimi_name``, else ``default``;
-    whether the hub is worth trying for further files).
-
-    Repos without a ``config.json`` (moshiko, J-Moshi) use the defaults.
-    """
+def repo_config(repo: str) -> tuple[dict | None, bool]:
+    """(the repo's parsed ``config.json``, or None when it has none; whether the hub is worth trying for further
+    files). Repos without a ``config.json`` (moshiko, J-Moshi) use the defaults."""
     try:
         config_path = hf_download(repo, "config.json")
     except HubUnreachable:
-        return default, False
+        return None, False
     except CheckpointError:
-        return default, True
+        return None, True
     try:
         config = json.loads(config_path.read_text())
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{config_path}: not a valid config.json ({e})") from None
-    return config.get(key) or default, True
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_path}: not a valid config.json (expected an object)")
+    return config, True
+
+
+def repo_file_name(repo: str, key: str, default: str) -> tuple[str, bool]:
+    """(the file name a repo's ``config.json`` gives under ``key``, e.g. ``mimi_name``, else ``default``;
+    whether the hub is worth trying for further files)."""
+    config, reachable = repo_config(repo)
+    return (config or {}).get(key) or default, reachable
 
 
 def resolve_file(spec: str | Path, default_name: str, config_key: str | None = None) -> Path:

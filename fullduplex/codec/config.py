@@ -35,7 +35,6 @@ class BottleneckConfig:
     context: int = 250  # steps at the encoder frame rate (25 Hz: 10 s)
     max_period: float = 10000.0
     layer_scale: float = 0.01
-    norm_eps: float = 1e-5
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ class Mimi(StreamingModule):
         def bottleneck() -> StreamingTransformer:
             return StreamingTransformer(
                 dim, tr.num_heads, tr.num_layers, tr.dim_feedforward, tr.context, tr.max_period, tr.layer_scale,
-                tr.norm_eps, conv_layout=True,
+                conv_layout=True,
             )
 
         self.encoder = SEANetEncoder(cfg.seanet)

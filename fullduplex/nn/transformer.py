@@ -1,4 +1,5 @@
-"""A pre-norm streaming transformer (the Mimi bottleneck flavour: LayerNorm, GELU MLP, layer scale).
+"""A pre-norm streaming transformer: Mimi's flavour (LayerNorm, GELU MLP, layer scale) and the Moshi LM's
+(RMSNorm in fp32, SiLU gating, no layer scale).
 
 Positions are absolute and kept per batch item, so ``reset(mask)`` restarts one item at position 0 while the
 others carry on.
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import StreamingSelfAttention, initial_capacity, sliding_mask
+from .norm import make_norm
 from .rope import rope_frequencies, rope_rotation
 from .streaming import StreamingModule, StreamingState, masked_zero_
 
@@ -28,8 +30,31 @@ class LayerScale(nn.Module):
         return x * self.scale
 
 
+def gating_hidden(dim: int, dim_feedforward: int) -> int:
+    """Hidden width of a gated FFN: 2/3 of ``dim_feedforward`` (21/8 of dim when that is 4 x dim)."""
+    return (21 * dim) // 8 if dim_feedforward == 4 * dim else (2 * dim_feedforward) // 3
+
+
+class GatedFFN(nn.Module):
+    """``linear_out(silu(gate) * up)`` with ``[gate | up] = linear_in(x)`` (the first half is the gate)."""
+
+    def __init__(self, dim: int, dim_feedforward: int) -> None:
+        super().__init__()
+        hidden = gating_hidden(dim, dim_feedforward)
+        self.linear_in = nn.Linear(dim, 2 * hidden, bias=False)
+        self.linear_out = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.linear_in(x).unflatten(-1, (2, -1))  # [..., 2, hidden]
+        return self.linear_out(F.silu(h[..., 0, :]) * h[..., 1, :])
+
+
 class TransformerLayer(nn.Module):
-    """``x += ls1(attn(norm1(x)))``; ``x += ls2(linear2(gelu(linear1(norm2(x)))))``. [B, T, D] → [B, T, D]."""
+    """Pre-norm layer, [B, T, D] → [B, T, D]: ``x += ls1(attn(norm1(x)))``; ``x += ls2(ffn(norm2(x)))``.
+
+    ``ffn="gelu"``: ``linear2(gelu(linear1(.)))`` (Mimi); ``ffn="silu_gating"``: :class:`GatedFFN` (the Moshi LM).
+    ``norm``: see :func:`~fullduplex.nn.norm.make_norm`. ``layer_scale`` None: no scale.
+    """
 
     def __init__(
         self,
@@ -38,16 +63,28 @@ class TransformerLayer(nn.Module):
         dim_feedforward: int,
         context: int | None,
         layer_scale: float | None,
-        norm_eps: float = 1e-5,
+        norm: str = "layer_norm",
+        ffn: str = "gelu",
     ) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.norm1 = make_norm(norm, dim)
         self.self_attn = StreamingSelfAttention(dim, num_heads, context)
-        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.linear1 = nn.Linear(dim, dim_feedforward, bias=False)
-        self.linear2 = nn.Linear(dim_feedforward, dim, bias=False)
+        self.norm2 = make_norm(norm, dim)
+        if ffn == "gelu":
+            self.linear1 = nn.Linear(dim, dim_feedforward, bias=False)
+            self.linear2 = nn.Linear(dim_feedforward, dim, bias=False)
+        elif ffn == "silu_gating":
+            self.gating = GatedFFN(dim, dim_feedforward)
+        else:
+            raise ValueError(f"unknown ffn {ffn!r} (expected 'gelu' or 'silu_gating')")
+        self.ffn_kind = ffn
         self.layer_scale_1 = LayerScale(dim, layer_scale) if layer_scale is not None else nn.Identity()
         self.layer_scale_2 = LayerScale(dim, layer_scale) if layer_scale is not None else nn.Identity()
+
+    def _ffn(self, x: torch.Tensor) -> torch.Tensor:
+        if self.ffn_kind == "gelu":
+            return self.linear2(F.gelu(self.linear1(x)))
+        return self.gating(x)
 
     def forward(
         self,
@@ -58,7 +95,7 @@ class TransformerLayer(nn.Module):
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         x = x + self.layer_scale_1(self.self_attn(self.norm1(x), positions, rotation, slots, mask))
-        return x + self.layer_scale_2(self.linear2(F.gelu(self.linear1(self.norm2(x)))))
+        return x + self.layer_scale_2(self._ffn(self.norm2(x)))
 
 
 @dataclass
@@ -88,16 +125,17 @@ class StreamingTransformer(StreamingModule):
         num_layers: int,
         dim_feedforward: int,
         context: int | None,
-        max_period: float = 10000.0,
+        max_period: float | None = 10000.0,
         layer_scale: float | None = None,
-        norm_eps: float = 1e-5,
+        norm: str = "layer_norm",
+        ffn: str = "gelu",
         conv_layout: bool = False,
     ) -> None:
         super().__init__()
         self.conv_layout = conv_layout
         self.context = context
         self.layers = nn.ModuleList(
-            TransformerLayer(dim, num_heads, dim_feedforward, context, layer_scale, norm_eps) for _ in range(num_layers)
+            TransformerLayer(dim, num_heads, dim_feedforward, context, layer_scale, norm, ffn) for _ in range(num_layers)
         )
         self.head_dim = dim // num_heads
         self.max_period = max_period
@@ -106,7 +144,9 @@ class StreamingTransformer(StreamingModule):
 
     def init_non_persistent_buffers(self) -> None:
         """(Re)compute buffers that checkpoints do not hold, e.g. after building on the meta device."""
-        device = self.layers[0].norm1.weight.device if len(self.layers) else torch.device("cpu")
+        if self.max_period is None:
+            return
+        device = self.layers[0].self_attn.in_proj.weight.device if len(self.layers) else torch.device("cpu")
         device = torch.device("cpu") if device.type == "meta" else device
         self.rope_freqs = rope_frequencies(self.head_dim, self.max_period, device)
 
@@ -150,7 +190,7 @@ class StreamingTransformer(StreamingModule):
             index.positions.index_copy_(1, slots, positions)
             index.write.add_(T).remainder_(index.capacity)
             mask = sliding_mask(positions, index.positions, self.context)  # [B, 1, T, N], shared by all layers
-        rotation = rope_rotation(positions, self.rope_freqs)
+        rotation = None if self.rope_freqs is None else rope_rotation(positions, self.rope_freqs)
         for layer in self.layers:
             x = layer(x, positions, rotation, slots, mask)
         return x.transpose(1, 2) if self.conv_layout else x

@@ -1,0 +1,130 @@
+"""Streaming generation: one Temporal step and dep_q Depth steps per 80 ms frame.
+
+Per frame the generator takes the user's codes, feeds the model the delayed streams (text, the model's own
+codebooks, the user's codebooks), samples the model's text token and then its audio codebooks one by one, and
+returns them once the acoustic delay has passed::
+
+    gen = fd.Generator(lm, temp=0.8, temp_text=0.7, top_k=250, top_k_text=25, seed=42)
+    with gen.streaming(batch_size=1):
+        for user_frame in user_codes.split(1, dim=-1):      # [B, 8, 1] each
+            tokens = gen.step(user_frame)                    # None for the first frame(s), then [B, 9, 1]
+
+Rules shared with the reference generator: a ring of ``max_delay + 2`` columns holds every stream; stream k is
+read ``delays[k]`` frames after it was written; while a stream has not been written yet the model sees its
+initial token (``text_card`` / ``card``), so the first user frame is never seen; the output lags one frame and
+the first call returns None. Items of the batch are independent: ``gen.reset(mask)`` restarts chosen items.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..lm.model import UNGENERATED_TOKEN, LMModel
+from ..nn.streaming import StreamingModule, StreamingState, masked_zero_
+from .sampling import sample_token
+
+
+@dataclass
+class GeneratorState(StreamingState):
+    cache: torch.Tensor  # [B, K, max_delay + 2] tokens by stream and (frame mod columns)
+    offsets: torch.Tensor  # [B] frames stepped, per item
+    steps: int  # frames stepped since the streaming block began (host side, for the first-output rule)
+    depth_cache: torch.Tensor  # [L, 2, B, H, dep_q, d] keys/values of the Depth Transformer, per frame
+
+    def reset(self, mask: torch.Tensor) -> None:
+        masked_zero_(self.cache, mask, UNGENERATED_TOKEN)
+        masked_zero_(self.offsets, mask)
+
+
+class Generator(StreamingModule):
+    """Sampling generator over an :class:`~fullduplex.lm.LMModel` (see the module docstring).
+
+    ``temp`` / ``top_k`` apply to audio, ``temp_text`` / ``top_k_text`` to text; temperature 0 is greedy.
+    ``seed`` makes sampling reproducible (its own ``torch.Generator``); None uses torch's global generator.
+    """
+
+    def __init__(
+        self,
+        lm: LMModel,
+        temp: float = 0.8,
+        temp_text: float = 0.7,
+        top_k: int = 250,
+        top_k_text: int = 25,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.lm = lm
+        self.temp, self.temp_text, self.top_k, self.top_k_text = temp, temp_text, top_k, top_k_text
+        self.seed = seed
+        self._rng: torch.Generator | None = None
+        cfg = lm.config
+        self.register_buffer("delays", torch.tensor(cfg.delays, dtype=torch.long), persistent=False)
+        self.register_buffer("initial", lm.initial_tokens(), persistent=False)
+
+    @property
+    def config(self):
+        return self.lm.config
+
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> GeneratorState:
+        cfg = self.config
+        self.delays, self.initial = self.delays.to(device), self.initial.to(device)
+        if self.seed is not None:
+            self._rng = torch.Generator(device=device).manual_seed(self.seed)
+        cache = torch.full((batch_size, cfg.num_streams, cfg.max_delay + 2), UNGENERATED_TOKEN, dtype=torch.long, device=device)
+        offsets = torch.zeros(batch_size, dtype=torch.long, device=device)
+        depth_cache = self.lm.depformer.new_cache(batch_size, device, dtype)
+        return GeneratorState(batch_size, cache, offsets, 0, depth_cache)
+
+    @torch.no_grad()
+    def step(self, user_codes: torch.Tensor) -> torch.Tensor | None:
+        """``user_codes`` [B, >= n_q - dep_q, 1] (extra codebooks are ignored) → None while the acoustic delay
+        has not passed (the first call), then [B, 1 + dep_q, 1]: the model's text token and audio codes for
+        the frame ``max_delay`` steps back. Items stepped fewer than ``max_delay + 1`` times since their last
+        reset hold :data:`~fullduplex.lm.model.UNGENERATED_TOKEN` (-2)."""
+        state = self._streaming_state
+        if state is None:
+            raise RuntimeError("Generator.step needs `with generator.streaming(batch_size):`")
+        cfg = self.config
+        B, n_user, T = user_codes.shape
+        n_in = cfg.n_q - cfg.dep_q
+        if B != state.batch_size or T != 1 or n_user < n_in:
+            raise ValueError(
+                f"user codes must be shaped [{state.batch_size}, >= {n_in}, 1] (one frame per step), got {tuple(user_codes.shape)}"
+            )
+        cache, offsets, columns = state.cache, state.offsets, state.cache.shape[2]
+        user_rows = slice(1 + cfg.dep_q, cfg.num_streams)
+        write = (offsets[:, None] + self.delays[user_rows]) % columns  # [B, n_in]
+        cache[:, user_rows].scatter_(2, write[..., None], user_codes[:, :n_in].to(cache.dtype))
+
+        unseen = offsets[:, None] <= self.delays[None, :]  # [B, K]: stream not written yet for this frame
+        read = (offsets % columns)[:, None, None].expand(B, cfg.num_streams, 1)
+        tokens = torch.where(unseen, self.initial, cache.gather(2, read)[..., 0])  # [B, K]
+
+        hidden, text_logits = self.lm.temporal(tokens[..., None])  # [B, 1, dim], [B, 1, Vt]
+        text = sample_token(text_logits[:, 0], self.temp_text, self.top_k_text, self._rng)  # [B]
+        audio = self._depth(text, hidden)  # [B, dep_q]
+
+        offsets.add_(1)
+        state.steps += 1
+        column = (offsets % columns)[:, None, None]
+        generated = torch.cat([text[:, None], audio], dim=1)[..., None]  # [B, 1 + dep_q, 1]
+        cache[:, : 1 + cfg.dep_q].scatter_(2, column.expand(B, 1 + cfg.dep_q, 1), generated)
+        if state.steps <= cfg.max_delay:
+            return None
+        back = (offsets[:, None] - cfg.max_delay + self.delays[: 1 + cfg.dep_q]) % columns
+        out = cache[:, : 1 + cfg.dep_q].gather(2, back[..., None])
+        too_early = (offsets <= cfg.max_delay)[:, None, None]
+        return torch.where(too_early, torch.full_like(out, UNGENERATED_TOKEN), out)
+
+    def _depth(self, text: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """Sample the frame's dep_q audio codebooks one by one: text [B], hidden [B, 1, dim] → [B, dep_q]."""
+        lm, cache = self.lm, self._streaming_state.depth_cache
+        previous, out = text[:, None], []
+        for k in range(self.config.dep_q):
+            x = lm.depformer.step(lm.depth_input(k, hidden, previous), k, cache)
+            token = sample_token(lm.linears[k](x)[:, 0], self.temp, self.top_k, self._rng)  # [B]
+            out.append(token)
+            previous = token[:, None]
+        return torch.stack(out, dim=1)

@@ -1,0 +1,157 @@
+"""Architecture config of the Moshi LM: a frozen dataclass, presets by name, moshi's ``config.json`` accepted."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+# config.json keys that are not LM architecture (CheckpointInfo pops them) or that do not change the model.
+_NOT_ARCHITECTURE = {
+    "moshi_name", "mimi_name", "mimi_config_name", "tokenizer_name", "lora_name", "model_type", "lm_gen_config",
+    "tts_config", "stt_config", "model_id", "depformer_causal", "causal", "lora", "lora_rank", "lora_scaling",
+    "depformer_context", "gradient_checkpointing",
+    "depformer_max_period",  # the Depth Transformer has no positional embedding
+}
+# Options of moshi's LMModel that this implementation does not support: refused unless at their default.
+_UNSUPPORTED_DEFAULTS: dict[str, Any] = {
+    "conditioners": {}, "fuser": {}, "cross_attention": False, "quantize": False, "kv_repeat": 1,
+    "demux_second_stream": False, "demux_second_text_stream": False, "depformer_low_rank_embeddings": None,
+    "depformer_weights_per_step_schedule": None, "depformer_norm": None, "extra_heads_num_heads": 0,
+    "norm_emb": False, "bias_proj": False, "layer_scale": None, "depformer_layer_scale": None,
+    "gating": "silu", "depformer_gating": "silu", "norm": "rms_norm_f32", "positional_embedding": "rope",
+    "depformer_pos_emb": "none", "depformer_multi_linear": True, "depformer_weights_per_step": True,
+}
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    """The Temporal (``dim``...) and Depth (``depformer_*``) transformers, vocabularies and stream delays."""
+
+    dim: int = 4096
+    num_heads: int = 32
+    num_layers: int = 32
+    hidden_scale: float = 4.125
+    context: int = 3000
+    max_period: float = 10000.0
+    text_card: int = 32000
+    text_card_out: int | None = None  # text head size; None: text_card
+    existing_text_padding_id: int = 3
+    existing_text_end_padding_id: int = 0
+    n_q: int = 16  # audio streams: dep_q of the model's own + the user's
+    dep_q: int = 8  # audio codebooks the Depth Transformer generates
+    card: int = 2048
+    depformer_dim: int = 1024
+    depformer_dim_feedforward: int | None = 4224  # None: int(hidden_scale * depformer_dim)
+    depformer_num_heads: int = 16
+    depformer_num_layers: int = 6
+    delays: tuple[int, ...] = (0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1)
+
+    def __post_init__(self) -> None:
+        if len(self.delays) != 1 + self.n_q:
+            raise ValueError(f"delays has {len(self.delays)} entries; expected 1 + n_q = {1 + self.n_q}")
+        if self.dep_q > self.n_q:
+            raise ValueError(f"dep_q ({self.dep_q}) cannot exceed n_q ({self.n_q})")
+        if self.dim % self.num_heads or self.depformer_dim % self.depformer_num_heads:
+            raise ValueError("dim and depformer_dim must be divisible by their number of heads")
+
+    # --- derived ------------------------------------------------------------------------------------------
+    @property
+    def num_streams(self) -> int:
+        """K: text + all audio streams (17 for Moshi)."""
+        return 1 + self.n_q
+
+    @property
+    def text_vocab_out(self) -> int:
+        return self.text_card_out or self.text_card
+
+    @property
+    def dim_feedforward(self) -> int:
+        return int(self.hidden_scale * self.dim)
+
+    @property
+    def depformer_feedforward(self) -> int:
+        return self.depformer_dim_feedforward or int(self.hidden_scale * self.depformer_dim)
+
+    @property
+    def max_delay(self) -> int:
+        return max(self.delays)
+
+    @property
+    def text_initial_id(self) -> int:
+        """Text token fed before the first frame (the extra embedding row): ``text_card``."""
+        return self.text_card
+
+    @property
+    def audio_initial_id(self) -> int:
+        """Audio token fed before the first frame (the extra embedding row): ``card``."""
+        return self.card
+
+    @property
+    def text_pad_id(self) -> int:
+        return self.existing_text_padding_id
+
+    @property
+    def text_epad_id(self) -> int:
+        return self.existing_text_end_padding_id
+
+    # --- moshi's format -----------------------------------------------------------------------------------
+    @classmethod
+    def from_moshi_dict(cls, config: dict[str, Any], source: str = "config.json") -> LMConfig:
+        """Read a moshi-style ``config.json`` (LM keyword fields next to file names and other settings).
+
+        Missing fields take the moshiko (7B) values. Options this implementation does not support are refused.
+        """
+        known = {f.name for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in config.items():
+            if key in known:
+                values[key] = tuple(value) if key == "delays" else value
+            elif key in _UNSUPPORTED_DEFAULTS:
+                default = _UNSUPPORTED_DEFAULTS[key]
+                empty = value in (None, {}, []) and default in (None, {}, False, 0)
+                if value != default and not empty:
+                    raise ValueError(f"{source}: {key}={value!r} is not supported (only {default!r})")
+            elif key not in _NOT_ARCHITECTURE:
+                raise ValueError(f"{source}: unknown LM setting {key!r}")
+        return cls(**values)
+
+    def to_moshi_dict(self) -> dict[str, Any]:
+        """moshi's ``LMModel`` keyword arguments for this architecture (used to build the reference in tests)."""
+        out = {k: v for k, v in asdict(self).items()}
+        out["delays"] = list(self.delays)
+        out.update(
+            causal=True, layer_scale=None, gating="silu", norm="rms_norm_f32", positional_embedding="rope",
+            depformer_max_period=self.max_period, depformer_gating="silu", depformer_pos_emb="none",
+            depformer_weights_per_step=True, depformer_multi_linear=True, depformer_layer_scale=None,
+            depformer_context=self.dep_q,
+        )
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def with_text_vocabulary(self, text_card: int) -> LMConfig:
+        return replace(self, text_card=text_card, text_card_out=None)
+
+
+PRESETS: dict[str, LMConfig] = {
+    # Moshiko / Moshika / J-Moshi / Human-1 (configs/moshi_7b_202409.json).
+    "moshiko": LMConfig(),
+    # The benchmark size of benchmarks/lm_step.py.
+    "small": LMConfig(
+        dim=512, num_heads=8, num_layers=8, depformer_dim=256, depformer_num_heads=8, depformer_num_layers=2,
+        depformer_dim_feedforward=1024,
+    ),
+    # For tests: a few hundred thousand parameters, short context so the ring cache wraps quickly.
+    "tiny": LMConfig(
+        dim=64, num_heads=4, num_layers=2, context=12, text_card=96, card=40, depformer_dim=32,
+        depformer_num_heads=2, depformer_num_layers=2, depformer_dim_feedforward=64,
+    ),
+}
+
+
+def lm_preset(name: str) -> LMConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown LM preset {name!r}; choose one of {sorted(PRESETS)}") from None

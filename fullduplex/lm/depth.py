@@ -1,0 +1,78 @@
+"""The Depth Transformer ("depformer"): within one 80 ms frame, generates the model's codebooks one by one.
+
+Step k (0 .. dep_q - 1) has its own attention projections and feed-forward weights ("weights per step"); the
+norms are shared. Steps attend causally to the earlier steps of the same frame only: no positional embedding,
+and the cache starts empty each frame.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..nn.norm import RMSNorm
+from ..nn.transformer import GatedFFN
+
+
+class DepthLayer(nn.Module):
+    """One layer; ``self_attn.in_proj`` [S, 3D, D] and ``self_attn.out_proj`` [S, D, D] hold one matrix per step."""
+
+    def __init__(self, dim: int, num_heads: int, dim_feedforward: int, steps: int) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.norm1 = RMSNorm(dim)
+        self.self_attn = nn.Module()
+        self.self_attn.in_proj = nn.Parameter(torch.empty(steps, 3 * dim, dim))
+        self.self_attn.out_proj = nn.Parameter(torch.empty(steps, dim, dim))
+        self.norm2 = RMSNorm(dim)
+        self.gating = nn.ModuleList(GatedFFN(dim, dim_feedforward) for _ in range(steps))
+        for weight in (self.self_attn.in_proj, self.self_attn.out_proj):
+            nn.init.normal_(weight, std=dim**-0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """All steps at once (teacher forcing): ``x`` [N, S, D] → [N, S, D]."""
+        N, S, D = x.shape
+        h = self.norm1(x)
+        qkv = torch.einsum("nsd,sed->nse", h, self.self_attn.in_proj[:S])  # [N, S, 3D]
+        q, k, v = qkv.view(N, S, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [N, H, S, d]
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(N, S, D)
+        x = x + torch.einsum("nsd,sed->nse", out, self.self_attn.out_proj[:S])
+        h = self.norm2(x)
+        return x + torch.stack([self.gating[s](h[:, s]) for s in range(S)], dim=1)
+
+    def step(self, x: torch.Tensor, k: int, cache: torch.Tensor) -> torch.Tensor:
+        """Step ``k`` of a frame: ``x`` [B, 1, D]; ``cache`` [2, B, H, S, d] holds this frame's earlier keys and
+        values and receives step k's."""
+        B, _, D = x.shape
+        qkv = F.linear(self.norm1(x), self.self_attn.in_proj[k])
+        q, key, value = qkv.view(B, 1, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [B, H, 1, d]
+        cache[0, :, :, k : k + 1] = key
+        cache[1, :, :, k : k + 1] = value
+        out = F.scaled_dot_product_attention(q, cache[0, :, :, : k + 1], cache[1, :, :, : k + 1])
+        x = x + F.linear(out.transpose(1, 2).reshape(B, 1, D), self.self_attn.out_proj[k])
+        return x + self.gating[k](self.norm2(x))
+
+
+class DepthTransformer(nn.Module):
+    def __init__(self, dim: int, num_heads: int, num_layers: int, dim_feedforward: int, steps: int) -> None:
+        super().__init__()
+        self.steps = steps
+        self.layers = nn.ModuleList(DepthLayer(dim, num_heads, dim_feedforward, steps) for _ in range(num_layers))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, S, D] → [N, S, D], all steps of N frames at once."""
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def new_cache(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """An empty per-frame cache [L, 2, B, H, S, d]."""
+        first = self.layers[0]
+        return torch.zeros(len(self.layers), 2, batch_size, first.num_heads, self.steps, first.head_dim, device=device, dtype=dtype)
+
+    def step(self, x: torch.Tensor, k: int, cache: torch.Tensor) -> torch.Tensor:
+        """Step ``k`` of the current frame: [B, 1, D] → [B, 1, D]."""
+        for layer, layer_cache in zip(self.layers, cache, strict=True):
+            x = layer.step(x, k, layer_cache)
+        return x
