@@ -22,7 +22,7 @@ from typing import TextIO
 from ..errors import FullduplexError
 
 # Modules that register a subcommand, in the order ``--help`` lists them. Add ``generate``, ``serve``, ... here.
-COMMANDS: tuple[str, ...] = ("fullduplex.cli.codec",)
+COMMANDS: tuple[str, ...] = ("fullduplex.cli.codec", "fullduplex.cli.generate")
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130

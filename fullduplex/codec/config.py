@@ -161,7 +161,7 @@ PRESETS: dict[str, MimiConfig] = {
     "tiny": MimiConfig(
         seanet=SEANetConfig(dimension=32, n_filters=4),
         transformer=BottleneckConfig(num_heads=2, num_layers=2, dim_feedforward=64, context=10),
-        quantizer=QuantizerConfig(dimension=8, n_q=6, bins=32),
+        quantizer=QuantizerConfig(dimension=8, n_q=10, bins=32),
     ),
 }
 

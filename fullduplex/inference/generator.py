@@ -17,11 +17,12 @@ the first call returns None. Items of the batch are independent: ``gen.reset(mas
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from ..lm.model import UNGENERATED_TOKEN, LMModel
+from ..nn.cuda_graph import GraphedStep
 from ..nn.streaming import StreamingModule, StreamingState, masked_zero_
 from .sampling import sample_token
 
@@ -32,6 +33,7 @@ class GeneratorState(StreamingState):
     offsets: torch.Tensor  # [B] frames stepped, per item
     steps: int  # frames stepped since the streaming block began (host side, for the first-output rule)
     depth_cache: torch.Tensor  # [L, 2, B, H, dep_q, d] keys/values of the Depth Transformer, per frame
+    graphs: dict = field(default_factory=dict)  # on CUDA: the temporal and depth steps as CUDA graphs
 
     def reset(self, mask: torch.Tensor) -> None:
         masked_zero_(self.cache, mask, UNGENERATED_TOKEN)
@@ -42,7 +44,9 @@ class Generator(StreamingModule):
     """Sampling generator over an :class:`~fullduplex.lm.LMModel` (see the module docstring).
 
     ``temp`` / ``top_k`` apply to audio, ``temp_text`` / ``top_k_text`` to text; temperature 0 is greedy.
-    ``seed`` makes sampling reproducible (its own ``torch.Generator``); None uses torch's global generator.
+    ``seed`` makes sampling reproducible: on CPU with its own ``torch.Generator``; on CUDA it seeds the device's
+    default generator when streaming starts (graph replays draw from it). None uses torch's global generator.
+    On CUDA the temporal step and the depth step replay from CUDA graphs (``cuda_graphs = False`` turns it off).
     """
 
     def __init__(
@@ -58,6 +62,7 @@ class Generator(StreamingModule):
         self.lm = lm
         self.temp, self.temp_text, self.top_k, self.top_k_text = temp, temp_text, top_k, top_k_text
         self.seed = seed
+        self.cuda_graphs = True
         self._rng: torch.Generator | None = None
         cfg = lm.config
         self.register_buffer("delays", torch.tensor(cfg.delays, dtype=torch.long), persistent=False)
@@ -70,7 +75,10 @@ class Generator(StreamingModule):
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> GeneratorState:
         cfg = self.config
         self.delays, self.initial = self.delays.to(device), self.initial.to(device)
-        if self.seed is not None:
+        self._rng = None
+        if self.seed is not None and device.type == "cuda":
+            torch.cuda.manual_seed(self.seed)
+        elif self.seed is not None:
             self._rng = torch.Generator(device=device).manual_seed(self.seed)
         cache = torch.full((batch_size, cfg.num_streams, cfg.max_delay + 2), UNGENERATED_TOKEN, dtype=torch.long, device=device)
         offsets = torch.zeros(batch_size, dtype=torch.long, device=device)
@@ -102,9 +110,9 @@ class Generator(StreamingModule):
         read = (offsets % columns)[:, None, None].expand(B, cfg.num_streams, 1)
         tokens = torch.where(unseen, self.initial, cache.gather(2, read)[..., 0])  # [B, K]
 
-        hidden, text_logits = self.lm.temporal(tokens[..., None])  # [B, 1, dim], [B, 1, Vt]
+        hidden, text_logits = self._graphed("temporal", self.lm.temporal)(tokens[..., None])  # [B, 1, dim], [B, 1, Vt]
         text = sample_token(text_logits[:, 0], self.temp_text, self.top_k_text, self._rng)  # [B]
-        audio = self._depth(text, hidden)  # [B, dep_q]
+        audio = self._graphed("depth", self._depth)(text, hidden)  # [B, dep_q]
 
         offsets.add_(1)
         state.steps += 1
@@ -117,6 +125,15 @@ class Generator(StreamingModule):
         out = cache[:, : 1 + cfg.dep_q].gather(2, back[..., None])
         too_early = (offsets <= cfg.max_delay)[:, None, None]
         return torch.where(too_early, torch.full_like(out, UNGENERATED_TOKEN), out)
+
+    def _graphed(self, name: str, fn):
+        """``fn``, or on CUDA its :class:`GraphedStep` for this streaming session."""
+        state = self._streaming_state
+        if not self.cuda_graphs or state.cache.device.type != "cuda":
+            return fn
+        if name not in state.graphs:
+            state.graphs[name] = GraphedStep(fn)
+        return state.graphs[name]
 
     def _depth(self, text: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """Sample the frame's dep_q audio codebooks one by one: text [B], hidden [B, 1, dim] → [B, dep_q]."""

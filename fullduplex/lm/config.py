@@ -142,9 +142,10 @@ PRESETS: dict[str, LMConfig] = {
         dim=512, num_heads=8, num_layers=8, depformer_dim=256, depformer_num_heads=8, depformer_num_layers=2,
         depformer_dim_feedforward=1024,
     ),
-    # For tests: a few hundred thousand parameters, short context so the ring cache wraps quickly.
+    # For tests: a few hundred thousand parameters, short context so the ring cache wraps quickly; its audio
+    # vocabulary (32) is that of the tiny Mimi preset, so the two run together.
     "tiny": LMConfig(
-        dim=64, num_heads=4, num_layers=2, context=12, text_card=96, card=40, depformer_dim=32,
+        dim=64, num_heads=4, num_layers=2, context=12, text_card=96, card=32, depformer_dim=32,
         depformer_num_heads=2, depformer_num_layers=2, depformer_dim_feedforward=64,
     ),
 }

@@ -79,7 +79,7 @@ class StreamingSelfAttention(StreamingModule):
 
         ``positions`` [B, T]: absolute step of each input; ``rotation``: from
         :func:`~fullduplex.nn.rope.rope_rotation` (None: no positional rotation). Streaming only: ``slots`` [T]
-        where this call's keys go in the ring, and ``mask`` [B, 1, T, N] over the ring's slots.
+        where this call's keys go in the ring, and ``mask`` [B, 1, T, N] over the ring's first N slots.
         """
         B, T, D = x.shape
         qkv = self.in_proj(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [3, B, H, T, D]
@@ -96,7 +96,8 @@ class StreamingSelfAttention(StreamingModule):
                 raise ValueError("streaming attention needs the ring slots and mask from its transformer")
             state.keys.index_copy_(2, slots, k)
             state.values.index_copy_(2, slots, v)
-            out = F.scaled_dot_product_attention(q, state.keys, state.values, attn_mask=mask)
+            used = mask.shape[-1]  # the leading slots the transformer lets this step see
+            out = F.scaled_dot_product_attention(q, state.keys[:, :, :used], state.values[:, :, :used], attn_mask=mask)
         return self.out_proj(out.transpose(1, 2).reshape(B, T, D))
 
     def _attend_batch(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -2,44 +2,51 @@
 
 Streaming state is updated in place everywhere in ``fullduplex.nn``, so one captured step replays correctly
 frame after frame. The first call runs eagerly (it warms up kernels and lets caches reach their steady size),
-the second captures the step and replays it, later calls only replay.
+the second captures the step and replays it, later calls only replay. Inputs and outputs are tensors or tuples
+of tensors; outputs are cloned, since the next replay overwrites them.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
 
-class GraphedStep:
-    """Wrap ``fn(x) -> y`` (same shapes at every call, CUDA tensors) so that it runs from a CUDA graph."""
+def _clone(out: Any) -> Any:
+    return tuple(o.clone() for o in out) if isinstance(out, tuple) else out.clone()
 
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+
+class GraphedStep:
+    """Wrap ``fn(*tensors) -> tensor or tuple of tensors`` (same shapes every call, CUDA) to run from a graph."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = fn
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.static_in: torch.Tensor | None = None
-        self.static_out: torch.Tensor | None = None
+        self.static_in: tuple[torch.Tensor, ...] = ()
+        self.static_out: Any = None
         self.failed = False
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, *args: torch.Tensor) -> Any:
         self.calls += 1
         if self.failed or self.calls == 1:
-            return self.fn(x)
+            return self.fn(*args)
         if self.graph is None:
-            static_in = x.clone()
+            static_in = tuple(a.clone() for a in args)
             graph = torch.cuda.CUDAGraph()
             try:
                 with torch.cuda.graph(graph):
-                    static_out = self.fn(static_in)
+                    static_out = self.fn(*static_in)
             except RuntimeError as e:  # capture recorded nothing, so the state is untouched: run eagerly
                 warnings.warn(f"CUDA graph capture failed, running eagerly: {e}", stacklevel=2)
                 self.failed = True
-                return self.fn(x)
+                return self.fn(*args)
             self.graph, self.static_in, self.static_out = graph, static_in, static_out
         else:
-            self.static_in.copy_(x)
+            for static, arg in zip(self.static_in, args, strict=True):
+                static.copy_(arg)
         self.graph.replay()
-        return self.static_out.clone()
+        return _clone(self.static_out)

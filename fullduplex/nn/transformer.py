@@ -105,6 +105,7 @@ class KVIndex(StreamingState):
     offset: torch.Tensor  # [B] absolute position of the next step, per item
     positions: torch.Tensor  # [B, N] absolute position held by each ring slot, -1 when empty
     write: torch.Tensor  # [1] next slot to write, the same for every item (a tensor: CUDA-graph safe)
+    filled: int = 0  # slots written at least once (host side); until the ring wraps they are slots 0 .. filled-1
 
     @property
     def capacity(self) -> int:
@@ -165,12 +166,15 @@ class StreamingTransformer(StreamingModule):
 
         Reads the write slot on the host: growing is not part of a steady-state step.
         """
-        write = int(index.write)
-        order = torch.arange(write, write + index.capacity, device=index.positions.device) % index.capacity
+        old = index.capacity
+        # Before the ring wraps, slots 0 .. filled-1 are the written ones and stay in place; after, the oldest
+        # entry sits at the write slot and the ring is unrolled from there.
+        start = int(index.write) if index.filled == old else 0
+        order = torch.arange(start, start + old, device=index.positions.device) % old
         for layer in self.layers:
             layer.self_attn.state.grow(order, capacity)
-        index.positions = F.pad(index.positions[:, order], (0, capacity - index.capacity), value=-1)
-        index.write.fill_(len(order))
+        index.positions = F.pad(index.positions[:, order], (0, capacity - old), value=-1)
+        index.write.fill_(index.filled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.conv_layout:
@@ -189,7 +193,11 @@ class StreamingTransformer(StreamingModule):
             slots = (steps + index.write) % index.capacity
             index.positions.index_copy_(1, slots, positions)
             index.write.add_(T).remainder_(index.capacity)
-            mask = sliding_mask(positions, index.positions, self.context)  # [B, 1, T, N], shared by all layers
+            index.filled = min(index.filled + T, index.capacity)
+            # On CPU, attend only to the slots written so far (a conversation's first minutes read a fraction of
+            # the cache); on GPU keep the full ring, whose fixed shapes a CUDA graph can replay.
+            used = index.filled if x.device.type == "cpu" else index.capacity
+            mask = sliding_mask(positions, index.positions[:, :used], self.context)  # [B, 1, T, used], all layers
         rotation = None if self.rope_freqs is None else rope_rotation(positions, self.rope_freqs)
         for layer in self.layers:
             x = layer(x, positions, rotation, slots, mask)

@@ -32,7 +32,7 @@ def test_round_trip_and_released_names(tiny_file):
     assert "encoder_transformer.transformer.layers.0.self_attn.in_proj_weight" in keys
     assert "quantizer.rvq_rest.vq.layers.4._codebook.embedding_sum" in keys
     assert "upsample.convtr.convtr.convtr.weight" in keys and "downsample.conv.conv.conv.weight" in keys
-    loaded = fd.load_mimi(path, config=TINY, num_codebooks=6)
+    loaded = fd.load_mimi(path, config=TINY)
     wav = speech(1.0)
     with torch.no_grad():
         assert torch.equal(loaded.encode(wav), model.encode(wav))
@@ -42,7 +42,7 @@ def test_round_trip_and_released_names(tiny_file):
 def test_folder_file_url_and_pickle(tiny_file, tmp_path):
     _, path = tiny_file
     assert fd.load_mimi(path.parent, config=TINY, num_codebooks=None).config == TINY
-    assert fd.load_mimi(f"file://{path}", config=TINY, num_codebooks=None).num_codebooks == 6
+    assert fd.load_mimi(f"file://{path}", config=TINY, num_codebooks=None).num_codebooks == 8
     pt = tmp_path / "mimi.pt"
     torch.save({"model": load_file(str(path))}, pt)
     assert fd.load_mimi(pt, config=TINY, num_codebooks=2).num_codebooks == 2
@@ -104,22 +104,22 @@ def test_errors_name_the_problem(tiny_file, tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint at all")
     with pytest.raises(CheckpointError, match="could not read checkpoint"):
         fd.load_mimi(tmp_path / "junk.safetensors")
-    with pytest.raises(CheckpointError, match="holds 6 codebooks"):
-        fd.load_mimi(path, config=TINY, num_codebooks=8)
+    with pytest.raises(CheckpointError, match="holds 10 codebooks"):
+        fd.load_mimi(path, config=TINY, num_codebooks=11)
     # The released architecture does not fit a tiny file: the message lists the mismatches.
     with pytest.raises(CheckpointError, match="wrong shape"):
         fd.load_mimi(path)
 
 
 def test_released_architecture_default_and_legacy_codebook_names(tmp_path):
-    model = randomize_(fd.Mimi(TINY, num_codebooks=6).eval(), seed=4)
+    model = randomize_(fd.Mimi(TINY, num_codebooks=10).eval(), seed=4)
     state = load_file(str(fd.save_mimi(model, tmp_path / "m.safetensors")))
     legacy = {}
     for k, v in state.items():
         k = k.replace("_codebook.embedding_sum", "_codebook.embed_avg").replace("_codebook.cluster_usage", "_codebook.cluster_size")
         legacy[k.replace("_codebook._initialized", "_codebook.inited")] = v
     save_file(legacy, str(tmp_path / "legacy.safetensors"))
-    loaded = fd.load_mimi(tmp_path / "legacy.safetensors", config=TINY, num_codebooks=6)
+    loaded = fd.load_mimi(tmp_path / "legacy.safetensors", config=TINY, num_codebooks=10)
     assert torch.equal(loaded.quantizer.rvq_rest.codebooks, model.quantizer.rvq_rest.codebooks)
 
 

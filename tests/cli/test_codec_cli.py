@@ -205,7 +205,7 @@ def test_lm_checkpoint_is_refused(tmp_path, capsys):
     [
         ({"codes": torch.tensor([[0, 5, 32]], dtype=torch.int16)}, "outside the codebook"),
         ({"codes": torch.tensor([[0, -1], [3, 4]], dtype=torch.int16)}, "outside the codebook"),
-        ({"codes": torch.zeros(7, 3, dtype=torch.int16)}, "7 codebooks"),
+        ({"codes": torch.zeros(11, 3, dtype=torch.int16)}, "11 codebooks"),
         ({"codes": torch.zeros(1, 2, 3, dtype=torch.int16)}, "[codebooks, frames]"),
         ({"codes": torch.zeros(2, 3)}, "integers"),
         ({"codes": torch.zeros(2, 0, dtype=torch.int16)}, "no codes"),

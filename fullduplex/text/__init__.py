@@ -1,0 +1,15 @@
+"""Text side of the LM: the SentencePiece tokenizer with named special ids, and training a new one."""
+
+from .tokenizer import FRAME_RATE, TEXT_EPAD_ID, TEXT_PAD_ID, TOKENIZER_NAME, TextTokenizer, Word
+from .train import TokenizerTrainingError, train_tokenizer
+
+__all__ = [
+    "FRAME_RATE",
+    "TEXT_EPAD_ID",
+    "TEXT_PAD_ID",
+    "TOKENIZER_NAME",
+    "TextTokenizer",
+    "TokenizerTrainingError",
+    "Word",
+    "train_tokenizer",
+]
