@@ -154,7 +154,10 @@ def load_lm(
         raise CheckpointError(f"{path} does not look like a Moshi LM checkpoint (keys: {sample}, ...)")
     with torch.device("meta"):
         model = LMModel(config)
-    check_state_dict(model, state, unknown, str(path), "LM")
+    check_state_dict(
+        model, state, unknown, str(path), "LM",
+        "is the architecture right? Pass the checkpoint's config.json (--config) or the matching preset",
+    )
     return assign_weights(model, state, device)
 
 

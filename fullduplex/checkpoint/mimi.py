@@ -57,7 +57,10 @@ def load_mimi(
         config = config.with_codebooks(state["quantizer.rvq_rest.codebooks"].shape[0] + 1)
     with torch.device("meta"):
         model = Mimi(config, num_codebooks=1)
-    check_state_dict(model, state, unknown, str(path), "Mimi")
+    check_state_dict(
+        model, state, unknown, str(path), "Mimi",
+        "is it a Mimi checkpoint of this architecture? Pass its mimi_config (--mimi-config) if it is not the released one",
+    )
     if num_codebooks is None:
         num_codebooks = min(8, config.quantizer.n_q)
     if not 1 <= num_codebooks <= config.quantizer.n_q:

@@ -48,9 +48,9 @@ def iter_state_dict(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 def check_state_dict(
-    model: torch.nn.Module, state: dict[str, torch.Tensor], unknown: list[str], source: str, what: str
+    model: torch.nn.Module, state: dict[str, torch.Tensor], unknown: list[str], source: str, what: str, hint: str = ""
 ) -> None:
-    """Raise :class:`CheckpointError` listing missing, unexpected and mis-shaped keys."""
+    """Raise :class:`CheckpointError` listing missing, unexpected and mis-shaped keys, then ``hint``."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = unknown + [k for k in state if k not in expected]
@@ -66,6 +66,8 @@ def check_state_dict(
         if items:
             shown = "; ".join(items[:5]) + (f"; ... ({len(items) - 5} more)" if len(items) > 5 else "")
             lines.append(f"{len(items)} {title}: {shown}")
+    if hint:
+        lines.append(f"-- {hint}")
     raise CheckpointError(" ".join(lines))
 
 

@@ -125,8 +125,9 @@ def generate(
     progress: Callable[[int], None] | None = None,
 ) -> list[GenerationResult]:
     """Generate the model's side of each conversation ``wavs`` (mono [1, S] at ``mimi.sample_rate``), in batches
-    of ``batch_size`` in the given order. ``progress(n)`` is called with the frames done per step (times the
-    batch's size). Call :func:`check_models` first. Returns one result per input, in order."""
+    of ``batch_size`` in the given order. ``progress(n)`` is called after each step with the number of input frames
+    it completed (padding past an input's end does not count; the total is the sum of ceil(S / 1920)).
+    Call :func:`check_models` first. Returns one result per input, in order."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     sampling = sampling or Sampling()
@@ -183,8 +184,8 @@ def _generate_batch(
                 decoded = mimi.decode(audio.clamp(min=0))  # [B, 1, frame]
                 steps.append(out)
                 pcm.append(torch.where(ready, decoded.float(), silence))
-            if progress is not None:
-                progress(len(wavs))
+            if progress is not None:  # frames of the items still inside their own input
+                progress(sum(t < math.ceil(length / frame) for length in lengths))
         tokens = torch.cat(steps, dim=-1).cpu()  # [B, 1 + dep_q, T]
         model = torch.cat(pcm, dim=-1).float().cpu()  # [B, 1, T * frame]
     results = []

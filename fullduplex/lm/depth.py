@@ -49,7 +49,9 @@ class DepthLayer(nn.Module):
         q, key, value = qkv.view(B, 1, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [B, H, 1, d]
         cache[0, :, :, k : k + 1] = key
         cache[1, :, :, k : k + 1] = value
-        out = F.scaled_dot_product_attention(q, cache[0, :, :, : k + 1], cache[1, :, :, : k + 1])
+        # All S slots with a mask (not the first k + 1): the reference's shapes, hence its GPU kernels and rounding.
+        visible = (torch.arange(cache.shape[3], device=x.device) <= k).view(1, 1, 1, -1)
+        out = F.scaled_dot_product_attention(q, cache[0], cache[1], attn_mask=visible)
         x = x + F.linear(out.transpose(1, 2).reshape(B, 1, D), self.self_attn.out_proj[k])
         return x + self.gating[k](self.norm2(x))
 

@@ -97,10 +97,11 @@ class LMModel(nn.Module):
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """Sum of the K streams' embeddings: [B, K, T] → [B, T, dim]."""
-        x = self.text_emb(tokens[:, 0])
-        for k, emb in enumerate(self.emb):
-            x = x + emb(tokens[:, 1 + k])
-        return x
+        # Audio first, text last: the reference's order, which matters for rounding in bf16.
+        x = self.emb[0](tokens[:, 1])
+        for k in range(1, len(self.emb)):
+            x = x + self.emb[k](tokens[:, 1 + k])
+        return x + self.text_emb(tokens[:, 0])
 
     def temporal(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Temporal Transformer on delayed input tokens [B, K, T] → (hidden [B, T, dim] after ``out_norm``,

@@ -21,8 +21,9 @@ from .streaming import StreamingModule, StreamingState
 
 
 def initial_capacity(context: int) -> int:
-    """Ring slots allocated when streaming starts: enough for calls of two steps (one Mimi frame)."""
-    return context + 1
+    """Ring slots allocated when streaming starts: enough for calls of one step (the LM, laid out as the
+    reference's ring, so that GPU kernels see the same shapes); Mimi's two-step calls grow it once."""
+    return context
 
 
 @dataclass

@@ -193,10 +193,14 @@ class StreamingTransformer(StreamingModule):
             slots = (steps + index.write) % index.capacity
             index.positions.index_copy_(1, slots, positions)
             index.write.add_(T).remainder_(index.capacity)
-            index.filled = min(index.filled + T, index.capacity)
             # On CPU, attend only to the slots written so far (a conversation's first minutes read a fraction of
-            # the cache); on GPU keep the full ring, whose fixed shapes a CUDA graph can replay.
-            used = index.filled if x.device.type == "cpu" else index.capacity
+            # the cache). On GPU keep the full ring, whose fixed shapes a CUDA graph can replay; replays do not run
+            # this Python code, so there the ring always counts as full (and `_grow` unrolls it from the write slot).
+            if x.device.type == "cpu":
+                index.filled = min(index.filled + T, index.capacity)
+            else:
+                index.filled = index.capacity
+            used = index.filled
             mask = sliding_mask(positions, index.positions[:, :used], self.context)  # [B, 1, T, used], all layers
         rotation = None if self.rope_freqs is None else rope_rotation(positions, self.rope_freqs)
         for layer in self.layers:

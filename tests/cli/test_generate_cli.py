@@ -23,7 +23,7 @@ from fullduplex.cli.main import main
 from fullduplex.codec import mimi_preset
 from fullduplex.codec.audio import read_audio, write_wav
 from fullduplex.errors import CheckpointError
-from fullduplex.inference.offline import Sampling, check_models, generate_files
+from fullduplex.inference.offline import Sampling, check_models, generate, generate_files
 from fullduplex.lm.config import lm_preset
 from fullduplex.text import TextTokenizer, train_tokenizer
 from tests.helpers import ASSETS, randomize_
@@ -253,3 +253,16 @@ def test_mimi_must_fit_the_lm(ckpt):
     other_card = fd.Mimi(replace(tiny, quantizer=replace(tiny.quantizer, bins=64)))
     with pytest.raises(CheckpointError, match="64 entries but the LM lm.safetensors expects card=32"):
         check_models(other_card, lm, tokenizer, "lm.safetensors")
+
+
+def test_library_progress_counts_input_frames(ckpt):
+    mimi = fd.load_mimi(ckpt["mimi"], config=mimi_preset("tiny"))
+    lm = fd.load_lm(ckpt["lm"], config="tiny")
+    tokenizer = TextTokenizer.load(ckpt["tokenizer"])
+    check_models(mimi, lm, tokenizer, "lm")
+    speech = read_audio(SPEECH)
+    done: list[int] = []
+    results = generate([speech, speech[:, :5000]], mimi, lm, tokenizer, Sampling(seed=1), progress=done.append)
+    assert sum(done) == 32 + 3 and len(done) == 32
+    assert [r.audio.shape[-1] for r in results] == [60169, 5000] and results[1].tokens.shape == (9, 3)
+    assert torch.equal(results[1].audio[1], speech[0, :5000])  # the right channel is the input itself
