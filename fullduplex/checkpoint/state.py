@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
 
 import torch
 
+from ..atomic import atomic_output
 from ..errors import CheckpointError
 
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft", ".sfts")
@@ -89,12 +89,6 @@ def write_safetensors(state: dict[str, torch.Tensor], path: str | os.PathLike[st
     path = Path(path)
     if not path.parent.is_dir():
         raise CheckpointError(f"cannot write {path}: folder {path.parent} does not exist")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_output(path) as tmp:
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

@@ -77,7 +77,7 @@ def add_mimi_arguments(parser: argparse.ArgumentParser, num_codebooks: bool = Fa
     )
     if num_codebooks:
         group.add_argument(
-            "--num-codebooks", metavar="N", type=_positive_int, default=8,
+            "--num-codebooks", metavar="N", type=positive_int, default=8,
             help="codebooks to keep per frame, 1 .. the checkpoint's (32 for the released Mimi; default: 8, as Moshi)",
         )
     run = parser.add_argument_group("run")
@@ -85,7 +85,7 @@ def add_mimi_arguments(parser: argparse.ArgumentParser, num_codebooks: bool = Fa
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:

@@ -31,14 +31,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..atomic import publish, temporary_beside
 from ..checkpoint.lm import load_lm, resolve_lm
 from ..checkpoint.mimi import load_mimi, resolve_mimi
 from ..checkpoint.resolve import DEFAULT_REPO
@@ -50,7 +49,7 @@ from ..lm.config import PRESETS as LM_PRESETS
 from ..lm.config import LMConfig
 from ..lm.model import UNGENERATED_TOKEN
 from ..text.tokenizer import TextTokenizer
-from .codec import _positive_int, mimi_config_from_arg, progress, resolve_device
+from .codec import mimi_config_from_arg, positive_int, progress, resolve_device
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -132,7 +131,7 @@ def register(subparsers: Any) -> None:
         "--dtype", choices=sorted(DTYPES), default=None,
         help="LM weights and compute (default: bfloat16 on CUDA, float32 on CPU; Mimi stays float32)",
     )
-    run.add_argument("--batch-size", type=_positive_int, default=8, metavar="N", help="inputs run together (default: 8)")
+    run.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="inputs run together (default: 8)")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     parser.set_defaults(func=generate_command)
 
@@ -249,7 +248,7 @@ def _stage_all(
     staged: list[tuple[Path, Path, str]] = []
 
     def stage(target: Path, what: str) -> Path:
-        staged.append((_temporary(target), target, what))
+        staged.append((temporary_beside(target), target, what))
         return staged[-1][0]
 
     try:
@@ -279,12 +278,6 @@ def _stage_all(
     return staged
 
 
-def _temporary(target: Path) -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    return Path(name)
-
-
 def _write_json(path: Path, content: Any) -> None:
     path.write_text(json.dumps(content, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
 
@@ -302,7 +295,7 @@ def _commit(staged: list[tuple[Path, Path, str]], plan: Plan) -> list[str]:
     """Rename every temporary file into place; returns one ``wrote ...`` line per file."""
     try:
         for tmp, target, _ in staged:
-            os.replace(tmp, target)
+            publish(tmp, target)
     except OSError:
         _discard(staged, plan)
         raise

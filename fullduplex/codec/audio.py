@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from ..atomic import atomic_output
 from ..errors import AudioError
 
 __all__ = ["read_audio", "read_audio_info", "resample", "write_wav"]
@@ -147,13 +148,9 @@ def write_wav(path: str | os.PathLike[str], wav: torch.Tensor | np.ndarray, samp
         raise AudioError(f"cannot write {path}: folder {folder} does not exist")
     if path.is_dir():
         raise AudioError(f"cannot write {path}: it is a folder")
-    tmp = folder / f".{path.name}.{os.getpid()}.tmp"
     try:
-        _sphn_call("write", path, sphn.write_wav, str(tmp), data, int(sample_rate))
-        try:
-            os.replace(tmp, path)
-        except OSError as e:
-            raise AudioError(f"could not write {path}: {e.strerror or e}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+        with atomic_output(path) as tmp:
+            _sphn_call("write", path, sphn.write_wav, str(tmp), data, int(sample_rate))
+    except OSError as e:
+        raise AudioError(f"could not write {path}: {e.strerror or e}") from None
     return path

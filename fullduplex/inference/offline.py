@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import atomic_output
 from ..codec.audio import read_audio_info
 from ..codec.mimi import Mimi
 from ..errors import AudioError, CheckpointError
@@ -218,16 +219,12 @@ def write_stereo_wav(path: str | os.PathLike[str], audio: torch.Tensor, sample_r
     data = np.nan_to_num(audio.detach().to("cpu", torch.float32).numpy(), nan=0.0)
     # x 32768, as 16-bit readers divide by it: a 16-bit input read and written back is unchanged.
     pcm = np.clip(np.round(np.clip(data, -1.0, 1.0) * 32768.0), -32768, 32767).astype("<i2")  # [2, S]
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
     try:
-        with wave.open(str(tmp), "wb") as f:
+        with atomic_output(path) as tmp, wave.open(str(tmp), "wb") as f:
             f.setnchannels(2)
             f.setsampwidth(2)
             f.setframerate(int(sample_rate))
             f.writeframes(np.ascontiguousarray(pcm.T).tobytes())  # interleaved: L R L R ...
-        os.replace(tmp, path)
     except OSError as e:
         raise AudioError(f"could not write {path}: {e.strerror or e}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

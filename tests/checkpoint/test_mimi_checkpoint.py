@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -128,3 +129,6 @@ def test_save_into_missing_folder_fails_cleanly(tmp_path):
         fd.save_mimi(fd.Mimi(TINY), tmp_path / "nope" / "m.safetensors")
     path = fd.save_mimi(fd.Mimi(TINY), tmp_path / "m.safetensors")
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # usual permissions, not the temporary file's 0o600
