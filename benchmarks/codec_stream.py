@@ -42,43 +42,34 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_streaming(model, wav: torch.Tensor, frames: int, warmup: int, device: str) -> tuple[float, float]:
-    """Median ms per frame of encode and of decode, one frame per call."""
-    fs = 1920
+def time_encode_decode(model, chunks, device: str) -> tuple[list[float], list[float]]:
+    """Seconds spent in ``encode`` and in ``decode`` for each chunk (decode gets that chunk's codes)."""
     enc, dec = [], []
-    ctx = model.streaming(wav.shape[0])
-    with ctx:
-        for i in range(warmup + frames):
-            chunk = wav[..., i * fs : (i + 1) * fs]
-            sync(device)
-            t0 = time.perf_counter()
-            codes = model.encode(chunk)
-            sync(device)
-            t1 = time.perf_counter()
-            model.decode(codes)
-            sync(device)
-            t2 = time.perf_counter()
-            if i >= warmup:
-                enc.append(t1 - t0)
-                dec.append(t2 - t1)
-    return statistics.median(enc) * 1e3, statistics.median(dec) * 1e3
-
-
-def time_batch(model, wav: torch.Tensor, repeats: int, device: str) -> tuple[float, float]:
-    frames = wav.shape[-1] // 1920
-    enc, dec = [], []
-    for _ in range(repeats + 1):
+    for chunk in chunks:
         sync(device)
         t0 = time.perf_counter()
-        codes = model.encode(wav)
+        codes = model.encode(chunk)
         sync(device)
         t1 = time.perf_counter()
         model.decode(codes)
         sync(device)
-        t2 = time.perf_counter()
-        enc.append((t1 - t0) / frames)
-        dec.append((t2 - t1) / frames)
-    return statistics.median(enc[1:]) * 1e3, statistics.median(dec[1:]) * 1e3
+        enc.append(t1 - t0)
+        dec.append(time.perf_counter() - t1)
+    return enc, dec
+
+
+def time_streaming(model, wav: torch.Tensor, frames: int, warmup: int, device: str) -> tuple[float, float]:
+    """Median ms per frame of encode and of decode, one frame per call."""
+    with model.streaming(wav.shape[0]):
+        enc, dec = time_encode_decode(model, wav[..., : (warmup + frames) * 1920].split(1920, dim=-1), device)
+    return statistics.median(enc[warmup:]) * 1e3, statistics.median(dec[warmup:]) * 1e3
+
+
+def time_batch(model, wav: torch.Tensor, repeats: int, device: str) -> tuple[float, float]:
+    """Median ms per frame of a whole-file encode and decode (the first of ``repeats + 1`` runs is warm-up)."""
+    frames = wav.shape[-1] // 1920
+    enc, dec = time_encode_decode(model, [wav] * (repeats + 1), device)
+    return statistics.median(enc[1:]) / frames * 1e3, statistics.median(dec[1:]) / frames * 1e3
 
 
 def main() -> None:

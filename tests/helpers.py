@@ -42,3 +42,13 @@ def randomize_(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
             elif "_initialized" in name:
                 tensor.fill_(1)
     return model
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    """A CLI failure as users should see it: exit status 2, one ``error:`` line holding ``needles``, no traceback."""
+    assert code == 2
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])

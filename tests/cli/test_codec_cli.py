@@ -27,7 +27,7 @@ from fullduplex.cli.main import main
 from fullduplex.codec import mimi_preset
 from fullduplex.codec.audio import read_audio, resample, write_wav
 from fullduplex.errors import AudioError
-from tests.helpers import ASSETS, randomize_
+from tests.helpers import ASSETS, assert_one_line_error, randomize_
 
 SPEECH = ASSETS / "speech_en.wav"  # 24 kHz mono, 60169 samples
 STEREO_44K = ASSETS / "speech_en_stereo_44k.flac"  # 44.1 kHz stereo, 1.2 s
@@ -61,15 +61,6 @@ def codec(capsys, action: str, src: Path, dst: Path, ckpt: Path, *extra: str) ->
 def read_codes(path: Path) -> tuple[torch.Tensor, dict[str, str]]:
     with safe_open(str(path), framework="pt") as f:
         return f.get_tensor("codes"), dict(f.metadata())
-
-
-def assert_one_line_error(code: int, err: str, *needles: str) -> None:
-    assert code == 2
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
 
 
 def write_float_wav(path: Path, data: np.ndarray, sample_rate: int) -> None:

@@ -26,7 +26,7 @@ from fullduplex.errors import CheckpointError
 from fullduplex.inference.offline import Sampling, check_models, generate, generate_files
 from fullduplex.lm.config import lm_preset
 from fullduplex.text import TextTokenizer, train_tokenizer
-from tests.helpers import ASSETS, randomize_
+from tests.helpers import ASSETS, assert_one_line_error, randomize_
 
 SPEECH = ASSETS / "speech_en.wav"  # 24 kHz mono, 60169 samples (2.5 s)
 FRAME = 1920
@@ -85,15 +85,6 @@ def write_pcm16(path: Path, data: np.ndarray, rate: int = 24000) -> None:
         f.setsampwidth(2)
         f.setframerate(rate)
         f.writeframes(np.asarray(data, dtype="<i2").tobytes())
-
-
-def assert_one_line_error(code: int, err: str, *needles: str) -> None:
-    assert code == 2
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
 
 
 # --- one input ----------------------------------------------------------------------------------------------
