@@ -1,0 +1,181 @@
+"""Many conversations at once: one batched Mimi + LM step per 80 ms frame for every live session.
+
+The engine owns Mimi, the LM's generator and a fixed number of batch slots. Each :meth:`Engine.step` takes one
+1920-sample frame from every session (silence for a session that has not sent a whole frame yet, counted as an
+underrun), encodes all slots together, steps the generator once, decodes, and gives each session one frame of the
+model's audio and its text token. A session joining or leaving resets only its own slot::
+
+    with Engine(mimi, lm, max_sessions=8) as engine:
+        session = engine.open()                 # EngineFull when every slot is taken
+        session.push(pcm)                       # float32 [S] at 24 kHz, any length
+        engine.step()                           # typically every 80 ms, driven by the server's clock
+        for frame in session.pop_outputs(): ... # FrameOutput: pcm [1920], text token (or None), tokens
+        engine.close(session)
+
+A session sees exactly what ``fullduplex generate`` computes for the same audio (greedy; with sampling the draws
+depend on which sessions share the steps): its slot starts fresh when it joins, the first frame it sends is never
+seen by the model, and its first output frame is silence.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+import torch
+
+from ..codec.mimi import Mimi
+from ..errors import FullduplexError
+from ..lm.model import LMModel
+from .generator import Generator
+from .offline import Sampling, user_codebooks
+
+
+class EngineFull(FullduplexError):
+    """Every batch slot holds a live session."""
+
+
+@dataclass
+class FrameOutput:
+    """One 80 ms frame for a session: the model's audio ``pcm`` [1920] (float32, CPU; silence until the model's
+    first frame), its text token (None until then) and all its tokens [1 + dep_q] (-2 until then)."""
+
+    pcm: torch.Tensor
+    text: int | None
+    tokens: torch.Tensor
+
+
+@dataclass(eq=False)
+class Session:
+    """A conversation in slot ``slot``; created by :meth:`Engine.open`."""
+
+    slot: int
+    frame_size: int
+    frames: int = 0  # engine steps taken since the session joined
+    underruns: int = 0  # steps that found less than a frame of input and used silence
+    closed: bool = False
+    _pending: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    _outputs: deque = field(default_factory=deque)
+
+    def push(self, pcm: torch.Tensor) -> None:
+        """Queue the user's audio: float32 [S] at 24 kHz, any length."""
+        if self.closed:
+            raise FullduplexError("this session is closed")
+        self._pending = torch.cat([self._pending, pcm.detach().to("cpu", torch.float32).reshape(-1)])
+
+    @property
+    def buffered(self) -> int:
+        """Samples received and not yet stepped."""
+        return self._pending.shape[0]
+
+    def pop_outputs(self) -> list[FrameOutput]:
+        """Frames produced since the last call, oldest first."""
+        out = list(self._outputs)
+        self._outputs.clear()
+        return out
+
+    def _take_frame(self) -> torch.Tensor:
+        if self.buffered >= self.frame_size:
+            frame, self._pending = self._pending[: self.frame_size], self._pending[self.frame_size :]
+            return frame
+        self.underruns += 1
+        return torch.zeros(self.frame_size)
+
+
+class Engine:
+    """Batched streaming engine (see the module docstring). Use as a context manager, or :meth:`start` /
+    :meth:`stop`. Not thread-safe: call it from one thread (the server's model loop)."""
+
+    def __init__(self, mimi: Mimi, lm: LMModel, sampling: Sampling | None = None, max_sessions: int = 8) -> None:
+        if max_sessions < 1:
+            raise ValueError(f"max_sessions must be at least 1, got {max_sessions}")
+        sampling = sampling or Sampling()
+        self.mimi, self.lm, self.max_sessions = mimi, lm, max_sessions
+        self.mimi.num_codebooks = user_codebooks(lm)
+        self.generator = Generator(lm, sampling.temp, sampling.temp_text, sampling.top_k, sampling.top_k_text, sampling.seed)
+        self.device = next(mimi.parameters()).device
+        self.sessions: list[Session | None] = [None] * max_sessions
+        self.step_times: deque[float] = deque(maxlen=1000)  # seconds per step, most recent last
+        self._stack: ExitStack | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------------------------
+    def start(self) -> Engine:
+        if self._stack is None:
+            stack = ExitStack()
+            stack.enter_context(self.mimi.streaming(self.max_sessions))
+            stack.enter_context(self.generator.streaming(self.max_sessions))
+            self._stack = stack
+        return self
+
+    def stop(self) -> None:
+        if self._stack is not None:
+            self._stack.close()
+            self._stack = None
+        self.sessions = [None] * self.max_sessions
+
+    def __enter__(self) -> Engine:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- sessions -----------------------------------------------------------------------------------------
+    @property
+    def active(self) -> int:
+        return sum(s is not None for s in self.sessions)
+
+    def open(self) -> Session:
+        """A new session in a free slot; :class:`EngineFull` when there is none."""
+        if self._stack is None:
+            raise FullduplexError("the engine is not started")
+        for slot, current in enumerate(self.sessions):
+            if current is None:
+                session = Session(slot, self.mimi.frame_size)
+                self.sessions[slot] = session
+                return session
+        raise EngineFull(f"all {self.max_sessions} conversation slots are busy; try again later")
+
+    def close(self, session: Session) -> None:
+        """Free the session's slot (its state is reset when the next session takes it)."""
+        session.closed = True
+        if self.sessions[session.slot] is session:
+            self.sessions[session.slot] = None
+
+    # --- the step -----------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self) -> None:
+        """One 80 ms frame for every slot. Slots without a session run on silence, and their output is dropped."""
+        start = time.perf_counter()
+        sessions = self.sessions
+        joined = torch.tensor([s is not None and s.frames == 0 for s in sessions])
+        if bool(joined.any()):  # host-side flags, no device sync
+            self.mimi.reset(joined.to(self.device))
+            self.generator.reset(joined.to(self.device))
+        frames = torch.stack([s._take_frame() if s is not None else torch.zeros(self.mimi.frame_size) for s in sessions])
+        weight = next(self.mimi.parameters())
+        codes = self.mimi.encode(frames[:, None].to(weight.device, weight.dtype))  # [N, K, 1]
+        out = self.generator.step(codes)
+        delay = self.lm.config.max_delay
+        # A session's tokens are valid from its (max_delay + 1)-th step; that step starts its decoder afresh.
+        ready = [s is not None and s.frames >= delay for s in sessions]
+        first = torch.tensor([s is not None and s.frames == delay for s in sessions])
+        pcm = None
+        if out is not None and any(ready):
+            if bool(first.any()):
+                for part in (self.mimi.upsample, self.mimi.decoder_transformer, self.mimi.decoder):
+                    part.reset(first.to(self.device))
+            pcm = self.mimi.decode(out[:, 1:].clamp(min=0))[:, 0].float().cpu()  # [N, 1920]
+            out = out[:, :, 0].cpu()  # [N, 1 + dep_q]
+        silence = torch.zeros(self.mimi.frame_size)
+        missing = torch.full((1 + self.lm.config.dep_q,), -2, dtype=torch.long)
+        for slot, session in enumerate(sessions):
+            if session is None:
+                continue
+            if ready[slot] and pcm is not None:
+                session._outputs.append(FrameOutput(pcm[slot], int(out[slot, 0]), out[slot]))
+            else:
+                session._outputs.append(FrameOutput(silence, None, missing))
+            session.frames += 1
+        self.step_times.append(time.perf_counter() - start)
