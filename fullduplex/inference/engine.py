@@ -19,6 +19,7 @@ seen by the model, and its first output frame is silence.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from contextlib import ExitStack
@@ -58,30 +59,46 @@ class Session:
     closed: bool = False
     _pending: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
     _outputs: deque = field(default_factory=deque)
+    _lock: threading.Lock = field(default_factory=threading.Lock)  # push/pop from one thread, steps from another
 
     def push(self, pcm: torch.Tensor) -> None:
         """Queue the user's audio: float32 [S] at 24 kHz, any length."""
         if self.closed:
             raise FullduplexError("this session is closed")
-        self._pending = torch.cat([self._pending, pcm.detach().to("cpu", torch.float32).reshape(-1)])
+        pcm = pcm.detach().to("cpu", torch.float32).reshape(-1)
+        with self._lock:
+            self._pending = torch.cat([self._pending, pcm])
 
     @property
     def buffered(self) -> int:
         """Samples received and not yet stepped."""
         return self._pending.shape[0]
 
+    @property
+    def started(self) -> bool:
+        """Stepped at least once. A session joins the steps with its first whole frame of input, so a client that
+        connects takes part from its first frame, not from whatever step happens to come first."""
+        return self.frames > 0 or self.buffered >= self.frame_size
+
     def pop_outputs(self) -> list[FrameOutput]:
         """Frames produced since the last call, oldest first."""
-        out = list(self._outputs)
-        self._outputs.clear()
+        with self._lock:
+            out = list(self._outputs)
+            self._outputs.clear()
         return out
 
     def _take_frame(self) -> torch.Tensor:
-        if self.buffered >= self.frame_size:
-            frame, self._pending = self._pending[: self.frame_size], self._pending[self.frame_size :]
-            return frame
+        with self._lock:
+            if self.buffered >= self.frame_size:
+                frame, self._pending = self._pending[: self.frame_size], self._pending[self.frame_size :]
+                return frame
         self.underruns += 1
         return torch.zeros(self.frame_size)
+
+    def _deliver(self, output: FrameOutput) -> None:
+        with self._lock:
+            self._outputs.append(output)
+        self.frames += 1
 
 
 class Engine:
@@ -98,7 +115,9 @@ class Engine:
         self.device = next(mimi.parameters()).device
         self.sessions: list[Session | None] = [None] * max_sessions
         self.step_times: deque[float] = deque(maxlen=1000)  # seconds per step, most recent last
+        self.steps = 0
         self._stack: ExitStack | None = None
+        self._lock = threading.RLock()  # open/close (event loop) against step (a worker thread)
 
     # --- lifecycle ----------------------------------------------------------------------------------------
     def start(self) -> Engine:
@@ -130,25 +149,31 @@ class Engine:
         """A new session in a free slot; :class:`EngineFull` when there is none."""
         if self._stack is None:
             raise FullduplexError("the engine is not started")
-        for slot, current in enumerate(self.sessions):
-            if current is None:
-                session = Session(slot, self.mimi.frame_size)
-                self.sessions[slot] = session
-                return session
+        with self._lock:
+            for slot, current in enumerate(self.sessions):
+                if current is None:
+                    session = Session(slot, self.mimi.frame_size)
+                    self.sessions[slot] = session
+                    return session
         raise EngineFull(f"all {self.max_sessions} conversation slots are busy; try again later")
 
     def close(self, session: Session) -> None:
         """Free the session's slot (its state is reset when the next session takes it)."""
         session.closed = True
-        if self.sessions[session.slot] is session:
-            self.sessions[session.slot] = None
+        with self._lock:
+            if self.sessions[session.slot] is session:
+                self.sessions[session.slot] = None
 
     # --- the step -----------------------------------------------------------------------------------------
-    @torch.inference_mode()
     def step(self) -> None:
-        """One 80 ms frame for every slot. Slots without a session run on silence, and their output is dropped."""
+        """One 80 ms frame for every started session. Other slots run on silence and their output is dropped."""
+        with self._lock:
+            self._step()
+
+    @torch.inference_mode()
+    def _step(self) -> None:
         start = time.perf_counter()
-        sessions = self.sessions
+        sessions = [s if s is not None and s.started else None for s in self.sessions]
         joined = torch.tensor([s is not None and s.frames == 0 for s in sessions])
         if bool(joined.any()):  # host-side flags, no device sync
             self.mimi.reset(joined.to(self.device))
@@ -174,8 +199,8 @@ class Engine:
             if session is None:
                 continue
             if ready[slot] and pcm is not None:
-                session._outputs.append(FrameOutput(pcm[slot], int(out[slot, 0]), out[slot]))
+                session._deliver(FrameOutput(pcm[slot], int(out[slot, 0]), out[slot]))
             else:
-                session._outputs.append(FrameOutput(silence, None, missing))
-            session.frames += 1
+                session._deliver(FrameOutput(silence, None, missing))
+        self.steps += 1
         self.step_times.append(time.perf_counter() - start)

@@ -95,3 +95,22 @@ def test_errors(models):
             s.push(torch.zeros(10))
     with pytest.raises(ValueError, match="max_sessions"):
         Engine(mimi, lm, GREEDY, max_sessions=0)
+
+
+def test_a_session_joins_the_steps_with_its_first_frame(models):
+    mimi, lm, tokenizer = models
+    wav = speech(1.2)
+    with Engine(mimi, lm, GREEDY, max_sessions=2) as engine:
+        busy, late = engine.open(), engine.open()
+        busy.push(speech(3.0)[0])
+        for _ in range(4):
+            engine.step()
+        assert late.pop_outputs() == [] and late.frames == 0 and late.underruns == 0  # not started: not stepped
+        late.push(wav[0])
+        outs = []
+        for _ in range(15):
+            engine.step()
+            outs += late.pop_outputs()
+    (alone,) = generate([wav], mimi, lm, tokenizer, GREEDY, batch_size=1)
+    tokens = torch.stack([f.tokens for f in outs[: alone.tokens.shape[-1]]], dim=-1)
+    assert torch.equal(tokens, alone.tokens)
