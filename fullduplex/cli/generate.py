@@ -38,20 +38,14 @@ from typing import Any
 import torch
 
 from ..atomic import publish, temporary_beside
-from ..checkpoint.lm import load_lm, resolve_lm
-from ..checkpoint.mimi import load_mimi, resolve_mimi
 from ..checkpoint.resolve import DEFAULT_REPO
-from ..codec.config import PRESETS as MIMI_PRESETS
 from ..codec.config import MimiConfig
 from ..errors import FullduplexError
-from ..inference.offline import GenerationResult, Sampling, check_models, generate, read_inputs, write_stereo_wav
-from ..lm.config import PRESETS as LM_PRESETS
+from ..inference.offline import GenerationResult, Sampling, generate, read_inputs, write_stereo_wav
 from ..lm.config import LMConfig
 from ..lm.model import UNGENERATED_TOKEN
-from ..text.tokenizer import TextTokenizer
-from .codec import mimi_config_from_arg, positive_int, progress, resolve_device
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from .codec import mimi_config_from_arg, positive_int, progress
+from .models import add_model_arguments, load_models, sampling_from_args
 
 EPILOG = f"""\
 examples:
@@ -104,33 +98,7 @@ def register(subparsers: Any) -> None:
     io.add_argument("--output", "-o", metavar="OUT", help="stereo WAV file (one input) or folder (see below)")
     io.add_argument("--transcript", metavar="OUT.json", help="the model's words with times: JSON file or folder")
     io.add_argument("--tokens-out", metavar="OUT.safetensors", help="the generated text and audio tokens")
-    ckpt = parser.add_argument_group("checkpoint")
-    ckpt.add_argument("--hf-repo", metavar="OWNER/NAME", help=f"Hugging Face repo of all files (default: {DEFAULT_REPO})")
-    ckpt.add_argument("--moshi-weight", metavar="FILE", help="LM checkpoint: file, folder or hf://OWNER/REPO[/FILE]")
-    ckpt.add_argument("--mimi-weight", metavar="FILE", help="Mimi checkpoint: file, folder or hf://OWNER/REPO[/FILE]")
-    ckpt.add_argument("--tokenizer", metavar="FILE", help="SentencePiece .model of the LM's text vocabulary")
-    ckpt.add_argument(
-        "--config", metavar="PRESET_OR_JSON",
-        help=f"LM architecture: a preset ({', '.join(sorted(LM_PRESETS))}) or a moshi config.json "
-        "(default: the checkpoint folder's or repo's config.json, else moshiko 7B)",
-    )
-    ckpt.add_argument(
-        "--mimi-config", metavar="PRESET_OR_JSON",
-        help=f"Mimi architecture: a preset ({', '.join(sorted(MIMI_PRESETS))}) or a JSON mimi_config dict "
-        "(default: the released Mimi)",
-    )
-    sampling = parser.add_argument_group("sampling (temperature 0 = greedy; top-k 0 = no limit)")
-    sampling.add_argument("--temp", type=float, default=0.8, help="audio temperature (default: 0.8)")
-    sampling.add_argument("--temp-text", type=float, default=0.7, help="text temperature (default: 0.7)")
-    sampling.add_argument("--top-k", type=int, default=250, help="audio top-k (default: 250)")
-    sampling.add_argument("--top-k-text", type=int, default=25, help="text top-k (default: 25)")
-    sampling.add_argument("--seed", type=int, default=4242, help="random seed, per batch (default: 4242)")
-    run = parser.add_argument_group("run")
-    run.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)")
-    run.add_argument(
-        "--dtype", choices=sorted(DTYPES), default=None,
-        help="LM weights and compute (default: bfloat16 on CUDA, float32 on CPU; Mimi stays float32)",
-    )
+    run = add_model_arguments(parser, seed_help="random seed, per batch (default: 4242)")
     run.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="inputs run together (default: 8)")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     parser.set_defaults(func=generate_command)
@@ -190,16 +158,12 @@ def _folder_target(path: Path, option: str, plan: Plan) -> Path:
 def generate_command(args: argparse.Namespace) -> int:
     """Check inputs and outputs, load the three models, generate, then write every output."""
     plan = plan_outputs(args)
-    sampling = Sampling(args.temp, args.temp_text, args.top_k, args.top_k_text, args.seed)
+    sampling_from_args(args)  # refuse bad sampling settings before reading anything
     mimi_config = mimi_config_from_arg(args.mimi_config)
     wavs = read_inputs(args.input, (mimi_config or MimiConfig()).sample_rate)  # [1, S] each
-    device = resolve_device(args.device)
-    tokenizer = TextTokenizer.load(args.tokenizer, hf_repo=args.hf_repo)
-    lm_path, repo_config = resolve_lm(args.moshi_weight, args.hf_repo)
-    lm = load_lm(lm_path, config=args.config or repo_config, device=device, dtype=DTYPES.get(args.dtype or ""))
-    mimi_path = resolve_mimi(args.mimi_weight, args.hf_repo)
-    mimi = load_mimi(mimi_path, device=device, num_codebooks=None, config=mimi_config)
-    check_models(mimi, lm, tokenizer, str(lm_path))
+    models = load_models(args)
+    mimi, lm, tokenizer, sampling = models.mimi, models.lm, models.tokenizer, models.sampling
+    lm_path, mimi_path = models.lm_path, models.mimi_path
     total = sum(-(-w.shape[-1] // mimi.frame_size) for w in wavs)
     with progress(total, "generate", args.quiet) as bar:
         results = generate(wavs, mimi, lm, tokenizer, sampling, args.batch_size, bar.update)

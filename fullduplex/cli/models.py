@@ -1,0 +1,83 @@
+"""Options and loading shared by the commands that run the whole model (``generate``, ``serve``)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoint.lm import load_lm, resolve_lm
+from ..checkpoint.mimi import load_mimi, resolve_mimi
+from ..checkpoint.resolve import DEFAULT_REPO
+from ..codec.config import PRESETS as MIMI_PRESETS
+from ..codec.mimi import Mimi
+from ..inference.offline import Sampling, check_models
+from ..lm.config import PRESETS as LM_PRESETS
+from ..lm.model import LMModel
+from ..text.tokenizer import TextTokenizer
+from .codec import mimi_config_from_arg, resolve_device
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, seed_help: str = "random seed (default: 4242)") -> Any:
+    """The ``checkpoint``, ``sampling`` and ``run`` option groups (``--hf-repo`` ... ``--dtype``); returns the
+    ``run`` group, for the command's own run options."""
+    ckpt = parser.add_argument_group("checkpoint")
+    ckpt.add_argument("--hf-repo", metavar="OWNER/NAME", help=f"Hugging Face repo of all files (default: {DEFAULT_REPO})")
+    ckpt.add_argument("--moshi-weight", metavar="FILE", help="LM checkpoint: file, folder or hf://OWNER/REPO[/FILE]")
+    ckpt.add_argument("--mimi-weight", metavar="FILE", help="Mimi checkpoint: file, folder or hf://OWNER/REPO[/FILE]")
+    ckpt.add_argument("--tokenizer", metavar="FILE", help="SentencePiece .model of the LM's text vocabulary")
+    ckpt.add_argument(
+        "--config", metavar="PRESET_OR_JSON",
+        help=f"LM architecture: a preset ({', '.join(sorted(LM_PRESETS))}) or a moshi config.json "
+        "(default: the checkpoint folder's or repo's config.json, else moshiko 7B)",
+    )
+    ckpt.add_argument(
+        "--mimi-config", metavar="PRESET_OR_JSON",
+        help=f"Mimi architecture: a preset ({', '.join(sorted(MIMI_PRESETS))}) or a JSON mimi_config dict "
+        "(default: the released Mimi)",
+    )
+    sampling = parser.add_argument_group("sampling (temperature 0 = greedy; top-k 0 = no limit)")
+    sampling.add_argument("--temp", type=float, default=0.8, help="audio temperature (default: 0.8)")
+    sampling.add_argument("--temp-text", type=float, default=0.7, help="text temperature (default: 0.7)")
+    sampling.add_argument("--top-k", type=int, default=250, help="audio top-k (default: 250)")
+    sampling.add_argument("--top-k-text", type=int, default=25, help="text top-k (default: 25)")
+    sampling.add_argument("--seed", type=int, default=4242, help=seed_help)
+    run = parser.add_argument_group("run")
+    run.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)")
+    run.add_argument(
+        "--dtype", choices=sorted(DTYPES), default=None,
+        help="LM weights and compute (default: bfloat16 on CUDA, float32 on CPU; Mimi stays float32)",
+    )
+    return run
+
+
+@dataclass
+class Models:
+    mimi: Mimi
+    lm: LMModel
+    tokenizer: TextTokenizer
+    lm_path: Path
+    mimi_path: Path
+    sampling: Sampling
+
+
+def sampling_from_args(args: argparse.Namespace) -> Sampling:
+    return Sampling(args.temp, args.temp_text, args.top_k, args.top_k_text, args.seed)
+
+
+def load_models(args: argparse.Namespace) -> Models:
+    """Tokenizer, LM and Mimi from the options of :func:`add_model_arguments`, checked against each other."""
+    sampling = sampling_from_args(args)
+    device = resolve_device(args.device)
+    tokenizer = TextTokenizer.load(args.tokenizer, hf_repo=args.hf_repo)
+    lm_path, repo_config = resolve_lm(args.moshi_weight, args.hf_repo)
+    lm = load_lm(lm_path, config=args.config or repo_config, device=device, dtype=DTYPES.get(args.dtype or ""))
+    mimi_path = resolve_mimi(args.mimi_weight, args.hf_repo)
+    mimi = load_mimi(mimi_path, device=device, num_codebooks=None, config=mimi_config_from_arg(args.mimi_config))
+    check_models(mimi, lm, tokenizer, str(lm_path))
+    return Models(mimi, lm, tokenizer, lm_path, mimi_path, sampling)
