@@ -22,7 +22,9 @@ from typing import TextIO
 from ..errors import FullduplexError
 
 # Modules that register a subcommand, in the order ``--help`` lists them. Add ``generate``, ``serve``, ... here.
-COMMANDS: tuple[str, ...] = ("fullduplex.cli.codec", "fullduplex.cli.generate")
+COMMANDS: tuple[str, ...] = (
+    "fullduplex.cli.codec", "fullduplex.cli.generate", "fullduplex.cli.serve",
+)
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130

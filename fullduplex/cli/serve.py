@@ -1,0 +1,91 @@
+"""``fullduplex serve``: the real-time server (Moshi wire protocol on ``/api/chat``), every conversation batched."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import ssl
+from pathlib import Path
+from typing import Any
+
+from ..errors import FullduplexError
+from .codec import positive_int
+from .models import add_model_arguments, load_models
+
+EPILOG = """\
+examples:
+  fullduplex serve --hf-repo kyutai/moshiko-pytorch-bf16
+  fullduplex serve --hf-repo JoshTalksAI/Human-1 --max-sessions 16
+  fullduplex serve --hf-repo nu-dialogue/j-moshi-ext --host 0.0.0.0 --auth-token "$TOKEN" --ssl ./certs
+
+Clients connect to ws://HOST:PORT/api/chat (wss:// with --ssl): existing Moshi clients work unchanged, and
+`fullduplex client --url ws://HOST:PORT --input talk.wav --output reply.wav` streams a file. When every session
+slot is taken, a new client gets an error message and the socket closes. Reaching the server from another
+machine: prefer an SSH tunnel (ssh -L 8998:localhost:8998 host); if you bind --host 0.0.0.0, set --auth-token
+and --ssl.
+"""
+
+
+def register(subparsers: Any) -> None:
+    """Add ``serve``."""
+    parser = subparsers.add_parser(
+        "serve", help="the real-time server: many conversations at once over the Moshi WebSocket protocol",
+        description="Serve the model to many clients at once: one batched model step per 80 ms frame.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    net = parser.add_argument_group("network")
+    net.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    net.add_argument("--port", type=int, default=8998, help="port (default: 8998)")
+    net.add_argument("--ssl", metavar="DIR", help="serve wss:// with DIR/key.pem and DIR/cert.pem")
+    net.add_argument("--auth-token", metavar="TOKEN", help="refuse clients that do not present this token")
+    limits = parser.add_argument_group("limits")
+    limits.add_argument("--max-sessions", type=positive_int, default=8, metavar="N",
+                        help="conversations served at once, one batch slot each (default: 8)")
+    limits.add_argument("--idle-timeout", type=float, default=30.0, metavar="S",
+                        help="end a session after S seconds without a message from its client (default: 30)")
+    limits.add_argument("--max-session-seconds", type=float, default=600.0, metavar="S",
+                        help="end a conversation after S seconds (default: 600)")
+    add_model_arguments(parser)
+    parser.set_defaults(func=serve_command)
+
+
+def ssl_context(folder: str | None) -> ssl.SSLContext | None:
+    if folder is None:
+        return None
+    key, cert = Path(folder) / "key.pem", Path(folder) / "cert.pem"
+    for path in (key, cert):
+        if not path.is_file():
+            raise FullduplexError(f"--ssl {folder}: {path.name} not found (expected key.pem and cert.pem)")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(certfile=str(cert), keyfile=str(key))
+    except (ssl.SSLError, OSError) as e:
+        raise FullduplexError(f"--ssl {folder}: could not load the certificate: {e}") from None
+    return context
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    """Load the models, then serve until interrupted."""
+    from aiohttp import web
+
+    from ..inference.engine import Engine
+    from ..server.app import Server, ServerConfig
+
+    if not 0 < args.port < 65536:
+        raise FullduplexError(f"--port must be 1..65535, got {args.port}")
+    if args.idle_timeout <= 0 or args.max_session_seconds <= 0:
+        raise FullduplexError("--idle-timeout and --max-session-seconds must be positive")
+    context = ssl_context(args.ssl)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    models = load_models(args)
+    engine = Engine(models.mimi, models.lm, models.sampling, max_sessions=args.max_sessions)
+    config = ServerConfig(
+        host=args.host, port=args.port, auth_token=args.auth_token, idle_timeout=args.idle_timeout,
+        max_session_seconds=args.max_session_seconds,
+    )
+    server = Server(engine, models.tokenizer, config)
+    scheme = "wss" if context else "ws"
+    print(f"serving {models.lm_path.name} to up to {args.max_sessions} conversations at "
+          f"{scheme}://{args.host}:{args.port}/api/chat (health: /api/health, metrics: /api/metrics)", flush=True)
+    web.run_app(server.app(), host=args.host, port=args.port, ssl_context=context, print=None)
+    return 0

@@ -1,0 +1,227 @@
+"""The real-time server: every live conversation in one batched model step per 80 ms frame.
+
+Routes: ``GET /api/chat`` (WebSocket, the Moshi wire protocol: see ``docs/protocol.md``), ``GET /api/health``
+(JSON), ``GET /api/metrics`` (Prometheus text). The model runs in :class:`~fullduplex.inference.Engine` on one
+worker thread; the event loop only moves bytes.
+
+Stepping: the loop steps as soon as every started session has a whole frame of input, or 80 ms after the previous
+step when some do (the others then run on silence: an underrun, counted). Real-time clients are thus served in
+real time, and clients that send faster (``fullduplex client --fast``) as fast as the model runs. A step that takes
+longer than 80 ms means the server falls behind real time: it is logged and counted, never hidden.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+from aiohttp import WSMsgType, web
+
+from ..inference.engine import Engine, EngineFull, Session
+from ..text.tokenizer import TextTokenizer
+from . import protocol
+
+log = logging.getLogger("fullduplex.server")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8998
+    auth_token: str | None = None  # when set, /api/chat needs it (header "Authorization: Bearer T" or ?auth_token=T)
+    max_message_bytes: int = 1 << 20  # one client message; Opus pages are a few hundred bytes
+    idle_timeout: float = 30.0  # seconds without a message from the client end its session
+    max_session_seconds: float = 600.0  # a conversation longer than this is ended (the LM's context is 240 s)
+    frame_seconds: float = 0.08
+
+
+class Server:
+    """Holds the engine, the stepping task and the per-session senders; :meth:`app` builds the aiohttp app."""
+
+    def __init__(self, engine: Engine, tokenizer: TextTokenizer, config: ServerConfig | None = None) -> None:
+        self.engine, self.tokenizer, self.config = engine, tokenizer, config or ServerConfig()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fullduplex-engine")
+        self._input = asyncio.Event()
+        self._outputs: dict[int, asyncio.Event] = {}  # slot -> set after each step
+        self._task: asyncio.Task | None = None
+        self.refused = 0
+        self.behind = 0
+        self.errors = 0
+
+    # --- app ----------------------------------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.config.max_message_bytes)
+        app.router.add_get("/api/chat", self.chat)
+        app.router.add_get("/api/health", self.health)
+        app.router.add_get("/api/metrics", self.metrics)
+        app.on_startup.append(self._start)
+        app.on_cleanup.append(self._stop)
+        return app
+
+    async def _start(self, app: web.Application) -> None:
+        self.engine.start()
+        self._input = asyncio.Event()
+        self._task = asyncio.create_task(self._step_loop(), name="fullduplex-steps")
+
+    async def _stop(self, app: web.Application) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._executor.shutdown(wait=True)
+        self.engine.stop()
+
+    # --- stepping -----------------------------------------------------------------------------------------
+    def _started(self) -> list[Session]:
+        return [s for s in self.engine.sessions if s is not None and s.started]
+
+    async def _step_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        frame, period = self.engine.mimi.frame_size, self.config.frame_seconds
+        last = loop.time()
+        while True:
+            if not any(s.buffered >= frame for s in self._started()):
+                self._input.clear()
+                await self._input.wait()
+                continue
+            deadline = last + period
+            while not all(s.buffered >= frame for s in self._started()) and loop.time() < deadline:
+                self._input.clear()
+                try:
+                    await asyncio.wait_for(self._input.wait(), timeout=max(0.0, deadline - loop.time()))
+                except TimeoutError:
+                    break
+            last = loop.time()
+            await loop.run_in_executor(self._executor, self.engine.step)
+            took = loop.time() - last
+            if took > period:
+                self.behind += 1
+                if self.behind == 1 or self.behind % 100 == 0:
+                    log.warning("a model step took %.0f ms (> %.0f ms): falling behind real time (%d such steps)",
+                                took * 1e3, period * 1e3, self.behind)
+            for event in self._outputs.values():
+                event.set()
+
+    # --- routes -------------------------------------------------------------------------------------------
+    def _authorized(self, request: web.Request) -> bool:
+        token = self.config.auth_token
+        if token is None:
+            return True
+        header = request.headers.get("Authorization", "")
+        return header == f"Bearer {token}" or request.query.get("auth_token") == token
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        if not self._authorized(request):
+            raise web.HTTPUnauthorized(text="a valid auth token is required (--auth-token on the client)")
+        ws = web.WebSocketResponse(max_msg_size=self.config.max_message_bytes)
+        await ws.prepare(request)
+        try:
+            session = self.engine.open()
+        except EngineFull as e:
+            self.refused += 1
+            await ws.send_bytes(protocol.error(str(e)))
+            await ws.close()
+            return ws
+        ready = asyncio.Event()
+        self._outputs[session.slot] = ready
+        sender = asyncio.create_task(self._send(ws, session, ready))
+        try:
+            await ws.send_bytes(protocol.handshake())
+            await self._receive(ws, session)
+        finally:
+            self.engine.close(session)
+            self._outputs.pop(session.slot, None)
+            sender.cancel()
+            try:
+                await sender
+            except (asyncio.CancelledError, ConnectionError):
+                pass
+            if not ws.closed:
+                await ws.close()
+        return ws
+
+    async def _receive(self, ws: web.WebSocketResponse, session: Session) -> None:
+        decoder = protocol.OpusDecoder()
+        started = time.monotonic()
+        while True:
+            remaining = self.config.max_session_seconds - (time.monotonic() - started)
+            if remaining <= 0:
+                await self._fail(ws, f"the conversation reached the server's limit of {self.config.max_session_seconds:.0f} s")
+                return
+            try:
+                msg = await ws.receive(timeout=min(self.config.idle_timeout, remaining))
+            except TimeoutError:
+                if time.monotonic() - started >= self.config.max_session_seconds:
+                    continue
+                await self._fail(ws, f"no message from the client for {self.config.idle_timeout:.0f} s")
+                return
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                return
+            if msg.type != WSMsgType.BINARY:
+                await self._fail(ws, "expected binary messages (the Moshi wire protocol)")
+                return
+            try:
+                message = protocol.decode(msg.data)
+                if message.kind == protocol.Kind.AUDIO:
+                    pcm = decoder.decode(message.payload)
+                    if len(pcm):
+                        session.push(torch.from_numpy(pcm))
+                        self._input.set()
+            except protocol.ProtocolError as e:
+                await self._fail(ws, f"malformed message: {e}")
+                return
+            # Other kinds (control, ping, metadata, unknown) carry nothing a full-duplex session needs.
+
+    async def _fail(self, ws: web.WebSocketResponse, message: str) -> None:
+        self.errors += 1
+        if not ws.closed:
+            await ws.send_bytes(protocol.error(message))
+            await ws.close()
+
+    async def _send(self, ws: web.WebSocketResponse, session: Session, ready: asyncio.Event) -> None:
+        encoder = protocol.OpusEncoder()
+        while not ws.closed:
+            await ready.wait()
+            ready.clear()
+            for out in session.pop_outputs():
+                ogg = encoder.encode(out.pcm.numpy())
+                if ogg:
+                    await ws.send_bytes(protocol.audio(ogg))
+                if out.text is not None and self.tokenizer.is_text(out.text):
+                    await ws.send_bytes(protocol.text(self.tokenizer.piece(out.text)))
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"status": "ok", "sessions": self.engine.active, "max_sessions": self.engine.max_sessions}
+        )
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        times = sorted(self.engine.step_times)
+        lines = [
+            "# HELP fullduplex_sessions Live conversations.",
+            "# TYPE fullduplex_sessions gauge",
+            f"fullduplex_sessions {self.engine.active}",
+            f"fullduplex_sessions_max {self.engine.max_sessions}",
+            "# TYPE fullduplex_steps_total counter",
+            f"fullduplex_steps_total {self.engine.steps}",
+            "# HELP fullduplex_steps_behind_total Steps that took longer than one frame (80 ms).",
+            "# TYPE fullduplex_steps_behind_total counter",
+            f"fullduplex_steps_behind_total {self.behind}",
+            "# TYPE fullduplex_sessions_refused_total counter",
+            f"fullduplex_sessions_refused_total {self.refused}",
+            "# TYPE fullduplex_session_errors_total counter",
+            f"fullduplex_session_errors_total {self.errors}",
+            "# HELP fullduplex_step_seconds Model step time over the last 1000 steps.",
+            "# TYPE fullduplex_step_seconds summary",
+        ]
+        for q in (0.5, 0.95, 0.99):
+            value = times[min(len(times) - 1, math.ceil(q * len(times)) - 1)] if times else float("nan")
+            lines.append(f'fullduplex_step_seconds{{quantile="{q}"}} {value:.6f}')
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
