@@ -83,10 +83,12 @@ def expected_text(models, wav: torch.Tensor) -> list[str]:
 
 
 def test_sessions_get_their_own_replies(models):
-    inputs = [speech(1.6)[0], speech(1.6).flip(-1)[0], speech(1.6)[0] * 0.3]  # [1, S] each
+    """8 clients at once in 8 slots: each gets exactly the text `generate` gives for its input alone."""
+    base = speech(2.0)[0]
+    inputs = [(base * (0.2 + 0.1 * k)).roll(2400 * k, dims=-1)[..., : 1920 * (12 + k)] for k in range(8)]
 
     async def main():
-        async with serve(models) as server:
+        async with serve(models, max_sessions=8) as server:
             url = str(server.make_url("/api/chat"))
             return await asyncio.gather(*(converse(url, wav) for wav in inputs))
 
@@ -94,7 +96,10 @@ def test_sessions_get_their_own_replies(models):
     for wav, got in zip(inputs, results, strict=True):
         assert got["handshake"] and not got["errors"]
         assert len(got["pcm"]) >= wav.shape[-1] - 3 * 1920  # 24 kHz audio covering the input (less Opus delay)
-        assert got["text"] == expected_text(models, wav)  # exactly what `generate` says for this input alone
+        # Exactly what `generate` says for this input alone; the server then keeps the conversation going on
+        # silence while the other, longer conversations still run.
+        want = expected_text(models, wav)
+        assert got["text"][: len(want)] == want
 
 
 def test_full_server_refuses_with_a_message(models):
@@ -179,3 +184,24 @@ def test_connect_disconnect_cycles_leak_nothing(models):
     active, senders, tasks = asyncio.run(main())
     assert active == 0 and senders == 0  # every slot and sender freed
     assert tasks <= 2  # the stepping loop (and the test server's own) only
+
+
+def test_unknown_kinds_are_ignored_and_a_vanishing_client_frees_its_slot(models):
+    async def main():
+        async with serve(models, max_sessions=1) as server:
+            url = str(server.make_url("/api/chat"))
+            async with ClientSession() as client:
+                async with client.ws_connect(url) as ws:
+                    await ws.receive(timeout=10)
+                    await ws.send_bytes(bytes([0x42]) + b"from the future")  # unknown kind: discarded
+                    await ws.send_bytes(protocol.ping())
+                    await ws.send_bytes(protocol.control(protocol.Control.PAUSE))
+                    ogg = protocol.OpusEncoder().encode(speech(0.5)[0, 0, :1000].numpy())
+                    await ws.send_bytes(protocol.audio(ogg))  # half a frame, then vanish
+                await asyncio.sleep(0.3)
+                after = await converse(url, speech(0.8)[0])  # the only slot is free again
+            return after, server.fullduplex.errors
+
+    after, errors = asyncio.run(main())
+    assert after["handshake"] and len(after["pcm"]) > 0
+    assert errors == 0  # unknown kinds, ping and control are not errors

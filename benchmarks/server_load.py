@@ -1,0 +1,162 @@
+"""Server load: N clients (`fullduplex client` sessions, --fast or real time) against one server, on loopback.
+
+The server runs in its own process (as in production) with random weights of an LM preset and the released Mimi
+architecture; the clients run concurrently in this process's event loop. Prints, per N, the frames per
+second the server delivered to all clients together, its median model-step time, and the clients' round-trip
+latency percentiles (input frame sent -> the server's audio for it received).
+
+    python benchmarks/server_load.py                          # small config, CPU, N = 1, 4, 16, --fast
+    python benchmarks/server_load.py --clients 1 4 --realtime
+    python benchmarks/server_load.py --device cuda --config moshiko --dtype bfloat16 --clients 1 8 32 64 --realtime
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import fullduplex as fd  # noqa: E402
+from fullduplex.cli.client import converse, latency_summary  # noqa: E402
+from fullduplex.codec import mimi_preset  # noqa: E402
+from fullduplex.inference import Engine, Sampling  # noqa: E402
+from fullduplex.lm import lm_preset  # noqa: E402
+from fullduplex.server.app import Server, ServerConfig  # noqa: E402
+from fullduplex.text import train_tokenizer  # noqa: E402
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def random_models(config: str, device: str, dtype: torch.dtype, tmp: Path):
+    torch.manual_seed(0)
+    mimi = fd.Mimi(mimi_preset("mimi")).to(device).eval()
+    with torch.device("meta"):
+        lm = fd.LMModel(lm_preset(config))
+    lm = lm.to_empty(device=device)
+    for p in lm.parameters():
+        torch.nn.init.normal_(p, std=0.02)
+    for m in lm.modules():
+        if hasattr(m, "init_non_persistent_buffers"):
+            m.init_non_persistent_buffers()
+    lm = lm.to(dtype).eval()
+    sentences = [f"sentence number {i} says hello to the server load test" for i in range(200)]
+    return mimi, lm, SmallVocabulary(train_tokenizer(sentences * 20, tmp / "tok", 300, model_type="bpe"))
+
+
+class SmallVocabulary:
+    """The server's view of a tokenizer (``is_text``, ``piece``) for a random LM whose text ids run past the small
+    tokenizer trained here: those ids are simply not text."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def is_text(self, token: int) -> bool:
+        return token < self.tokenizer.vocab_size and self.tokenizer.is_text(token)
+
+    def piece(self, token: int) -> str:
+        return self.tokenizer.piece(token)
+
+
+def serve_forever(args: argparse.Namespace) -> None:
+    """The server side (run in its own process, as in production: clients do not compete for its interpreter)."""
+    import tempfile
+
+    from aiohttp import web
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        mimi, lm, tokenizer = random_models(args.config, args.device, DTYPES[args.dtype], Path(tmp))
+    engine = Engine(mimi, lm, Sampling(), max_sessions=max(args.clients))
+    server = Server(engine, tokenizer, ServerConfig(port=args.port))
+    app = server.app()
+
+    async def report(request: web.Request) -> web.Response:  # step times of the last measurement, then reset
+        times = sorted(engine.step_times)
+        engine.step_times.clear()
+        return web.json_response({"step_p50_ms": statistics.median(times) * 1e3 if times else None})
+
+    app.router.add_get("/bench/steps", report)
+    web.run_app(app, host="127.0.0.1", port=args.port, print=None)
+
+
+def start_server(args: argparse.Namespace) -> subprocess.Popen:
+    command = [sys.executable, __file__, "--serve-only", "--config", args.config, "--device", args.device,
+               "--dtype", args.dtype, "--threads", str(args.threads), "--port", str(args.port),
+               "--clients", *map(str, args.clients)]
+    process = subprocess.Popen(command)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            sys.exit("the server process ended before it was ready")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{args.port}/api/health", timeout=1):
+                return process
+        except OSError:
+            time.sleep(0.5)
+    process.kill()
+    sys.exit("the server did not start within 600 s")
+
+
+def step_p50(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/bench/steps", timeout=10) as response:
+        value = json.loads(response.read())["step_p50_ms"]
+    return float("nan") if value is None else value
+
+
+async def load(url: str, clients: int, pcm: np.ndarray, fast: bool) -> tuple[float, list[float], int]:
+    start = time.perf_counter()
+    results = await asyncio.gather(*(converse(url, pcm, fast=fast, timeout=60) for _ in range(clients)))
+    elapsed = time.perf_counter() - start
+    latency = [x for r in results for x in r.latency]
+    late = sum(r.late_frames for r in results)
+    return elapsed, latency, late
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="small")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--seconds", type=float, default=4.0, help="audio each client sends")
+    parser.add_argument("--realtime", action="store_true", help="clients send in real time instead of --fast")
+    parser.add_argument("--port", type=int, default=18765)
+    parser.add_argument("--serve-only", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_only:
+        serve_forever(args)
+        return
+    server = start_server(args)
+    try:
+        pcm = (0.1 * np.random.default_rng(0).standard_normal(int(args.seconds * 24000))).astype(np.float32)
+        url = f"ws://127.0.0.1:{args.port}/api/chat"
+        dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {args.threads} threads"
+        mode = "real time" if args.realtime else "--fast"
+        print(f"server load: LM {args.config} ({args.dtype}), Mimi, {dev}; clients send {args.seconds:g} s each, {mode}")
+        print(f"{'N':>4}{'frames/s':>10}{'step p50 ms':>13}{'rtt p50':>9}{'p95':>8}{'p99':>8}{'late':>7}")
+        asyncio.run(load(url, 1, pcm[:24000], fast=True))  # warm-up: first steps allocate and fill caches
+        step_p50(args.port)
+        for n in args.clients:
+            elapsed, latency, late = asyncio.run(load(url, n, pcm, fast=not args.realtime))
+            frames = n * len(pcm) // 1920
+            summary = latency_summary(latency)
+            print(f"{n:>4}{frames / elapsed:>10.1f}{step_p50(args.port):>13.1f}{summary['p50']:>9.0f}"
+                  f"{summary['p95']:>8.0f}{summary['p99']:>8.0f}{late:>7}")
+    finally:
+        server.terminate()
+        server.wait(30)
+
+if __name__ == "__main__":
+    main()
