@@ -32,7 +32,7 @@ from fullduplex.cli.client import converse, latency_summary  # noqa: E402
 from fullduplex.codec import mimi_preset  # noqa: E402
 from fullduplex.inference import Engine, Sampling  # noqa: E402
 from fullduplex.lm import lm_preset  # noqa: E402
-from fullduplex.server.app import Server, ServerConfig  # noqa: E402
+from fullduplex.server.app import Server, ServerConfig, new_model_thread  # noqa: E402
 from fullduplex.text import train_tokenizer  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -75,10 +75,11 @@ def serve_forever(args: argparse.Namespace) -> None:
     from aiohttp import web
 
     torch.set_num_threads(args.threads)
+    model_thread = new_model_thread()
     with tempfile.TemporaryDirectory() as tmp:
-        mimi, lm, tokenizer = random_models(args.config, args.device, DTYPES[args.dtype], Path(tmp))
+        mimi, lm, tokenizer = model_thread.submit(random_models, args.config, args.device, DTYPES[args.dtype], Path(tmp)).result()
     engine = Engine(mimi, lm, Sampling(), max_sessions=max(args.clients))
-    server = Server(engine, tokenizer, ServerConfig(port=args.port))
+    server = Server(engine, tokenizer, ServerConfig(port=args.port), model_thread)
     app = server.app()
 
     async def report(request: web.Request) -> web.Response:  # step times of the last measurement, then reset

@@ -69,7 +69,7 @@ def serve_command(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from ..inference.engine import Engine
-    from ..server.app import Server, ServerConfig
+    from ..server.app import Server, ServerConfig, new_model_thread
 
     if not 0 < args.port < 65536:
         raise FullduplexError(f"--port must be 1..65535, got {args.port}")
@@ -77,13 +77,14 @@ def serve_command(args: argparse.Namespace) -> int:
         raise FullduplexError("--idle-timeout and --max-session-seconds must be positive")
     context = ssl_context(args.ssl)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    models = load_models(args)
+    model_thread = new_model_thread()  # loads and steps the models: one torch thread team (see Server)
+    models = model_thread.submit(load_models, args).result()
     engine = Engine(models.mimi, models.lm, models.sampling, max_sessions=args.max_sessions)
     config = ServerConfig(
         host=args.host, port=args.port, auth_token=args.auth_token, idle_timeout=args.idle_timeout,
         max_session_seconds=args.max_session_seconds,
     )
-    server = Server(engine, models.tokenizer, config)
+    server = Server(engine, models.tokenizer, config, model_thread)
     scheme = "wss" if context else "ws"
     print(f"serving {models.lm_path.name} to up to {args.max_sessions} conversations at "
           f"{scheme}://{args.host}:{args.port}/api/chat (health: /api/health, metrics: /api/metrics)", flush=True)
