@@ -139,25 +139,26 @@ def main() -> None:
     if args.serve_only:
         serve_forever(args)
         return
-    server = start_server(args)
-    try:
-        pcm = (0.1 * np.random.default_rng(0).standard_normal(int(args.seconds * 24000))).astype(np.float32)
-        url = f"ws://127.0.0.1:{args.port}/api/chat"
-        dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {args.threads} threads"
-        mode = "real time" if args.realtime else "--fast"
-        print(f"server load: LM {args.config} ({args.dtype}), Mimi, {dev}; clients send {args.seconds:g} s each, {mode}")
-        print(f"{'N':>4}{'frames/s':>10}{'step p50 ms':>13}{'rtt p50':>9}{'p95':>8}{'p99':>8}{'late':>7}")
-        asyncio.run(load(url, 1, pcm[:24000], fast=True))  # warm-up: first steps allocate and fill caches
-        step_p50(args.port)
-        for n in args.clients:
+    pcm = (0.1 * np.random.default_rng(0).standard_normal(int(args.seconds * 24000))).astype(np.float32)
+    url = f"ws://127.0.0.1:{args.port}/api/chat"
+    dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {args.threads} threads"
+    mode = "real time" if args.realtime else "--fast"
+    print(f"server load: LM {args.config} ({args.dtype}), Mimi, {dev}; clients send {args.seconds:g} s each, {mode};")
+    print("a server with N slots per row (every slot is stepped, so slots cost compute even when idle)")
+    print(f"{'N':>4}{'frames/s':>10}{'step p50 ms':>13}{'rtt p50':>9}{'p95':>8}{'p99':>8}{'late':>7}")
+    for n in args.clients:
+        server = start_server(argparse.Namespace(**{**vars(args), "clients": [n]}))
+        try:
+            asyncio.run(load(url, 1, pcm[:24000], fast=True))  # warm-up: first steps allocate and fill caches
+            step_p50(args.port)
             elapsed, latency, late = asyncio.run(load(url, n, pcm, fast=not args.realtime))
             frames = n * len(pcm) // 1920
             summary = latency_summary(latency)
             print(f"{n:>4}{frames / elapsed:>10.1f}{step_p50(args.port):>13.1f}{summary['p50']:>9.0f}"
-                  f"{summary['p95']:>8.0f}{summary['p99']:>8.0f}{late:>7}")
-    finally:
-        server.terminate()
-        server.wait(30)
+                  f"{summary['p95']:>8.0f}{summary['p99']:>8.0f}{late:>7}", flush=True)
+        finally:
+            server.terminate()
+            server.wait(30)
 
 if __name__ == "__main__":
     main()
