@@ -52,3 +52,18 @@ def assert_one_line_error(code: int, err: str, *needles: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
+
+
+def tiny_models(folder: Path):
+    """(Mimi, LM, tokenizer) of the tiny presets with random weights (seed 0) and a 96-piece tokenizer trained in
+    ``folder``: a whole model that runs in milliseconds, for engine and server tests."""
+    import fullduplex as fd
+    from fullduplex.codec import mimi_preset
+    from fullduplex.lm import lm_preset
+    from fullduplex.text import train_tokenizer
+
+    torch.manual_seed(0)
+    mimi = fd.Mimi(mimi_preset("tiny")).eval()
+    lm = fd.LMModel(lm_preset("tiny")).eval()
+    words = ["hello there", "how are you", "fine thanks", "good morning", "see you later", "what is that"] * 8
+    return mimi, lm, train_tokenizer(words, folder / "tok", 96, model_type="bpe")

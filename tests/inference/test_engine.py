@@ -5,25 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-import fullduplex as fd
-from fullduplex.codec import mimi_preset
 from fullduplex.errors import FullduplexError
 from fullduplex.inference import Engine, EngineFull, Sampling, generate
-from fullduplex.lm import lm_preset
-from fullduplex.text import train_tokenizer
-from tests.helpers import speech
+from tests.helpers import speech, tiny_models
 
 GREEDY = Sampling(temp=0, temp_text=0)
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    torch.manual_seed(0)
-    mimi = fd.Mimi(mimi_preset("tiny")).eval()
-    lm = fd.LMModel(lm_preset("tiny")).eval()
-    words = ["hello there", "how are you", "fine thanks", "good morning", "see you later", "what is that"] * 8
-    tokenizer = train_tokenizer(words, tmp_path_factory.mktemp("tok") / "tok", 96, model_type="bpe")
-    return mimi, lm, tokenizer
+    return tiny_models(tmp_path_factory.mktemp("tok"))
 
 
 def run_sessions(engine: Engine, inputs: dict[int, torch.Tensor], joins: dict[int, int], ticks: int):
