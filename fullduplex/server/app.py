@@ -89,6 +89,8 @@ class Server:
                 await self._task
             except asyncio.CancelledError:
                 pass
+            except Exception:  # a failed model step, already logged when it happened
+                pass
         self._executor.shutdown(wait=True)
         self.engine.stop()
 
@@ -113,7 +115,11 @@ class Server:
                 except TimeoutError:
                     break
             last = loop.time()
-            await loop.run_in_executor(self._executor, self.engine.step)
+            try:
+                await loop.run_in_executor(self._executor, self.engine.step)
+            except Exception:
+                log.exception("the model step failed; the server stops stepping (see /api/health)")
+                raise
             took = loop.time() - last
             if took > period:
                 self.behind += 1
@@ -136,6 +142,10 @@ class Server:
             raise web.HTTPUnauthorized(text="a valid auth token is required (--auth-token on the client)")
         ws = web.WebSocketResponse(max_msg_size=self.config.max_message_bytes)
         await ws.prepare(request)
+        if not self.healthy:
+            await ws.send_bytes(protocol.error("the server's model failed; see its log"))
+            await ws.close()
+            return ws
         try:
             session = self.engine.open()
         except EngineFull as e:
@@ -211,9 +221,16 @@ class Server:
                 if out.text is not None and self.tokenizer.is_text(out.text):
                     await ws.send_bytes(protocol.text(self.tokenizer.piece(out.text)))
 
+    @property
+    def healthy(self) -> bool:
+        """False once the stepping task has died (a failed model step): sessions would get no more audio."""
+        return self._task is not None and not self._task.done()
+
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response(
-            {"status": "ok", "sessions": self.engine.active, "max_sessions": self.engine.max_sessions}
+            {"status": "ok" if self.healthy else "error", "sessions": self.engine.active,
+             "max_sessions": self.engine.max_sessions},
+            status=200 if self.healthy else 503,
         )
 
     async def metrics(self, request: web.Request) -> web.Response:

@@ -196,3 +196,23 @@ def test_unknown_kinds_are_ignored_and_a_vanishing_client_frees_its_slot(models)
     after, errors = asyncio.run(main())
     assert after["handshake"] and len(after["pcm"]) > 0
     assert errors == 0  # unknown kinds, ping and control are not errors
+
+
+def test_a_failing_model_step_is_reported(models):
+    async def main():
+        async with serve(models) as server:
+            def broken() -> None:
+                raise RuntimeError("boom")
+
+            server.fullduplex.engine.step = broken
+            url = str(server.make_url("/api/chat"))
+            await converse(url, speech(0.5)[0])  # its frames trigger the failing step
+            async with ClientSession() as client:
+                async with client.get(server.make_url("/api/health")) as response:
+                    status, body = response.status, await response.json()
+            refused = await converse(url, speech(0.5)[0])
+            return status, body, refused
+
+    status, body, refused = asyncio.run(main())
+    assert status == 503 and body["status"] == "error"
+    assert "model failed" in refused["errors"][0]
