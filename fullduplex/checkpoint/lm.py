@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -30,7 +31,7 @@ MIMI_MARKERS = ("encoder.model.0.conv.conv.weight", "quantizer.rvq_first.input_p
 
 
 def from_released(
-    tensors, steps: int, dtype: torch.dtype | None
+    tensors: Iterable[tuple[str, torch.Tensor]], steps: int, dtype: torch.dtype | None
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Released LM (name, tensor) pairs → (our state dict, keys of no LM module). Casts each tensor to ``dtype``
     as it arrives (floats only), so a checkpoint is never held twice."""
@@ -143,9 +144,6 @@ def load_lm(
     device = torch.device(device)
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    first = next(iter_state_dict(path), (None, None))[0]
-    if first is not None and first in MIMI_MARKERS:
-        raise CheckpointError(f"{path} is a Mimi checkpoint, not the LM; pass the LM file ({MOSHI_NAME})")
     state, unknown = from_released(iter_state_dict(path), config.dep_q, dtype)
     if any(k in state for k in MIMI_MARKERS):
         raise CheckpointError(f"{path} is a Mimi checkpoint, not the LM; pass the LM file ({MOSHI_NAME})")
