@@ -143,9 +143,9 @@ class Mimi(StreamingModule):
             return fn
         # A graph holds the addresses of the state buffers it was captured with; a KV ring that grew (a longer
         # call than any before) has new buffers, so every graph is dropped and re-captured.
-        layout = tuple(
-            m.state.keys.data_ptr() for m in self.modules() if isinstance(m, StreamingSelfAttention) and m.state is not None
-        )
+        if not hasattr(self, "_attentions"):  # walked once, not every frame
+            self._attentions = [m for m in self.modules() if isinstance(m, StreamingSelfAttention)]
+        layout = tuple(m.state.keys.data_ptr() for m in self._attentions if m.state is not None)
         if state.graphs.get("layout") != layout:
             state.graphs = {"layout": layout}
         if key not in state.graphs:
