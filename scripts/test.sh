@@ -5,6 +5,17 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 FULLDUPLEX_EXTRAS="${FULLDUPLEX_EXTRAS:-dev,eval,train}" source "$ROOT/scripts/setup.sh"
 cd "$ROOT"
+# The browser test drives Debian's headless Chromium; install it where we may (root with apt), else it is skipped.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "==> installing chromium and chromium-driver (for tests/server/test_web_page.py)"
+        apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 \
+            || { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; } \
+            || echo "warning: could not install chromium; the browser test will be skipped"
+    else
+        echo "warning: chromium/chromedriver not found; the browser test will be skipped (apt-get install chromium chromium-driver)"
+    fi
+fi
 echo "==> ruff"
 ruff check fullduplex tests benchmarks scripts
 echo "==> pytest"

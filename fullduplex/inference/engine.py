@@ -155,7 +155,8 @@ class Engine:
                     session = Session(slot, self.mimi.frame_size)
                     self.sessions[slot] = session
                     return session
-        raise EngineFull(f"all {self.max_sessions} conversation slots are busy; try again later")
+        slots = "its one conversation slot is" if self.max_sessions == 1 else f"all {self.max_sessions} conversation slots are"
+        raise EngineFull(f"{slots} busy; try again later")
 
     def close(self, session: Session) -> None:
         """Free the session's slot (its state is reset when the next session takes it)."""

@@ -1,6 +1,7 @@
 """The real-time server: every live conversation in one batched model step per 80 ms frame.
 
-Routes: ``GET /api/chat`` (WebSocket, the Moshi wire protocol: see ``docs/protocol.md``), ``GET /api/health``
+Routes: ``GET /`` (the web page: ``fullduplex/server/static``, served from the package, nothing from a CDN),
+``GET /api/chat`` (WebSocket, the Moshi wire protocol: see ``docs/protocol.md``), ``GET /api/health``
 (JSON), ``GET /api/metrics`` (Prometheus text). The model runs in :class:`~fullduplex.inference.Engine` on one
 worker thread; the event loop only moves bytes.
 
@@ -15,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import mimetypes
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from aiohttp import WSMsgType, web
@@ -27,6 +30,9 @@ from ..text.tokenizer import TextTokenizer
 from . import protocol
 
 log = logging.getLogger("fullduplex.server")
+
+STATIC = Path(__file__).parent / "static"
+mimetypes.add_type("application/wasm", ".wasm")  # WebAssembly.instantiateStreaming insists on this type
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,8 @@ class Server:
     # --- app ----------------------------------------------------------------------------------------------
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.max_message_bytes)
+        app.router.add_get("/", self.index)
+        app.router.add_static("/static", STATIC, follow_symlinks=False)
         app.router.add_get("/api/chat", self.chat)
         app.router.add_get("/api/health", self.health)
         app.router.add_get("/api/metrics", self.metrics)
@@ -136,6 +144,9 @@ class Server:
             return True
         header = request.headers.get("Authorization", "")
         return header == f"Bearer {token}" or request.query.get("auth_token") == token
+
+    async def index(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         if not self._authorized(request):
