@@ -17,6 +17,7 @@ import asyncio
 import logging
 import math
 import mimetypes
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from . import protocol
 log = logging.getLogger("fullduplex.server")
 
 STATIC = Path(__file__).parent / "static"
+SWITCH_INTERVAL = 0.0005  # seconds; see Server._start
 mimetypes.add_type("application/wasm", ".wasm")  # WebAssembly.instantiateStreaming insists on this type
 
 
@@ -86,6 +88,12 @@ class Server:
         return app
 
     async def _start(self, app: web.Application) -> None:
+        # The model thread gives up the GIL inside every CUDA-graph replay and device copy, and must win it back from
+        # the event loop (busy with Opus and sockets for every session) each time. At the default 5 ms switch
+        # interval that wait inflated a 30 ms step of 32 real-time sessions (7B bf16) to 82 ms on an H200; at 0.5 ms
+        # it took 34-54 ms (benchmarks/server_load.py --switch-interval).
+        self._switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(self._switch_interval, SWITCH_INTERVAL))
         self.engine.start()
         self._input = asyncio.Event()
         self._task = asyncio.create_task(self._step_loop(), name="fullduplex-steps")
@@ -101,6 +109,7 @@ class Server:
                 pass
         self._executor.shutdown(wait=True)
         self.engine.stop()
+        sys.setswitchinterval(self._switch_interval)
 
     # --- stepping -----------------------------------------------------------------------------------------
     def _started(self) -> list[Session]:
