@@ -11,6 +11,7 @@ Definitions, formats and examples: ``docs/evaluation.md``.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import math
 import sys
 import warnings
@@ -49,6 +50,19 @@ original by cross-correlation, and scored at 16 kHz: STOI (pystoi), wideband PES
 = codebooks x log2(codebook size) x 12.5 frames/s. Writes DIR/report.json (per file and the mean per codebook
 count), DIR/report.md and DIR/codec.png. A metric that cannot be computed (PESQ on silence or < 0.25 s) is
 reported as an error for that file.
+"""
+
+LATENCY_EPILOG = """\
+examples:
+  fullduplex serve --config ... &                                          # a server to measure
+  fullduplex eval latency --url ws://127.0.0.1:8998 --input user.wav --output latency/
+  fullduplex eval latency --url gpu-box:8998 --input user.wav --sessions 8 --fast --output latency-8/
+
+Frame latency: input frame sent -> the server's audio for it received (as `fullduplex client` measures it), per
+frame, per session and pooled (p50/p90/p95/p99). Response latency: from each end of the user's speech (IPUs of the
+input by --vad) to the first active audio of the reply (--reply-vad), before the user speaks again. Writes
+DIR/report.json, DIR/report.md, DIR/latency_cdf.png, DIR/response_cdf.png and DIR/session-<i>.wav (left: the
+server as played, right: the input).
 """
 
 
@@ -126,6 +140,33 @@ def register(subparsers: Any) -> None:
                        help="align the reconstruction within this many ms before scoring (default: 100; 0: none)")
     add_mimi_arguments(codec)
     codec.set_defaults(func=codec_command)
+    latency = actions.add_parser(
+        "latency", help="round-trip and response latency of a live server (Moshi WebSocket protocol)",
+        description="Talk to a running server with an audio file, in N sessions at once, and measure per-frame "
+        "round-trip latency and response latency.", epilog=LATENCY_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    latency.add_argument("--url", default="ws://127.0.0.1:8998/api/chat", help="the server's chat socket "
+                         "(default: ws://127.0.0.1:8998/api/chat; same forms as `fullduplex client`)")
+    latency.add_argument("--input", "-i", required=True, metavar="USER.wav", help="the user's side: an audio file")
+    latency.add_argument("--output", "-o", required=True, metavar="DIR", help="report folder (created if needed)")
+    latency.add_argument("--sessions", type=positive_int, default=1, metavar="N",
+                         help="conversations at once, each sending the input (default: 1)")
+    latency.add_argument("--fast", action="store_true",
+                         help="send each frame as soon as the server answered the last (default: real time)")
+    latency.add_argument("--auth-token", metavar="TOKEN", help="the server's token, if it wants one")
+    latency.add_argument("--timeout", type=_positive_float, default=10.0, metavar="S",
+                         help="give up on a session after S seconds without a message (default: 10)")
+    latency.add_argument("--min-silence", type=_non_negative_float, default=0.2, metavar="S",
+                         help="user IPUs: the shortest silence that ends one (default: 0.2)")
+    add_vad_arguments(latency)
+    latency.add_argument("--reply-vad", choices=METHODS, default="level",
+                         help="how the server's audio counts as active: level (RMS >= --reply-level-dbfs, default), "
+                         "silero or webrtc (their knobs as above)")
+    latency.add_argument("--reply-level-dbfs", type=float, default=-40.0, metavar="DB",
+                         help="level: RMS of a 30 ms frame of the reply that counts as active (default: -40)")
+    latency.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    latency.set_defaults(func=latency_command)
 
 
 def files_progress(total: int, desc: str, quiet: bool) -> tqdm:
@@ -315,4 +356,115 @@ def _codec_markdown(report: dict[str, Any]) -> str:
     if report["errors"]:
         lines += ["## Not evaluated", ""] + [f"- `{p}`: {m}" for p, m in report["errors"].items()] + [""]
     lines += ["![mean scores per codebook count](codec.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def latency_command(args: argparse.Namespace) -> int:
+    """N concurrent sessions with the server; frame and response latency; report folder."""
+    import torch
+
+    from .. import __version__
+    from ..codec.audio import read_audio, resample
+    from ..eval.latency import response_latencies, response_summary, summary
+    from ..eval.vad import speech_intervals
+    from ..inference.offline import write_stereo_wav
+    from .client import FRAME, SAMPLE_RATE, Conversation, chat_url, converse
+
+    out = Path(args.output)
+    check_report_folder(out)
+    url = chat_url(args.url)
+    user_vad = vad_from_args(args)
+    reply_vad = VadSettings(args.reply_vad, threshold=args.threshold, aggressiveness=args.aggressiveness,
+                            level_dbfs=args.reply_level_dbfs)
+    wav = read_audio(args.input, SAMPLE_RATE)  # [1, S] at 24 kHz
+    pcm = wav[0].numpy()
+    duration = len(pcm) / SAMPLE_RATE
+    user_speech = speech_intervals(resample(wav, SAMPLE_RATE, user_vad.sample_rate)[0].numpy(), user_vad)
+    if not user_speech:
+        raise FullduplexError(f"{args.input}: the {user_vad.method} VAD found no speech: nothing to respond to")
+    frames = -(-len(pcm) // FRAME)
+
+    async def talk() -> list[Conversation | BaseException]:
+        with files_progress(frames * args.sessions, "latency", args.quiet) as bar:
+            bar.unit = "frame"
+            return await asyncio.gather(*(
+                converse(url, pcm, fast=args.fast, auth_token=args.auth_token, timeout=args.timeout,
+                         on_frame=lambda: bar.update(1)) for _ in range(args.sessions)
+            ), return_exceptions=True)
+
+    results = asyncio.run(talk())
+    sessions: list[dict[str, Any]] = []
+    conversations: dict[int, Conversation] = {}
+    for i, result in enumerate(results):
+        if isinstance(result, BaseException):
+            if not isinstance(result, (FullduplexError, OSError, ValueError)):
+                raise result
+            sessions.append({"session": i, "error": " ".join(str(result).split())})
+            warnings.warn(f"session {i} failed: {sessions[-1]['error']}", stacklevel=1)
+            continue
+        conversations[i] = result
+        reply = resample(torch.from_numpy(result.left)[None], SAMPLE_RATE, reply_vad.sample_rate)[0].numpy()
+        responses = response_latencies(user_speech, speech_intervals(reply, reply_vad), duration, args.min_silence)
+        sessions.append({"session": i, "frame_latency_ms": summary(result.latency), "frames": len(result.latency),
+                         "late_frames": result.late_frames, "response_latency_ms": response_summary(responses),
+                         "responses": responses, "frame_latency_s": [round(x, 6) for x in result.latency]})
+    if not conversations:
+        raise FullduplexError(f"no session with {url.with_query(None)} succeeded: {sessions[0]['error']}")
+    frame_all = [x for c in conversations.values() for x in c.latency]
+    responses_all = [r for s in sessions if "responses" in s for r in s["responses"]]
+    report = {
+        "command": "latency",
+        "settings": {"url": str(url.with_query(None)), "input": args.input, "duration": round(duration, 6),
+                     "sessions": args.sessions, "mode": "fast" if args.fast else "real-time",
+                     "user_vad": user_vad.describe(), "reply_vad": reply_vad.describe(),
+                     "min_silence": args.min_silence, "frame_ms": 1000 * FRAME / SAMPLE_RATE},
+        "user_speech": [list(s) for s in user_speech],
+        "sessions": sessions,
+        "pooled": {"frame_latency_ms": summary(frame_all), "late_frames": sum(c.late_frames for c in conversations.values()),
+                   "response_latency_ms": response_summary(responses_all), "sessions_ok": len(conversations)},
+        "fullduplex_version": __version__,
+    }
+    frame_series = {f"session {i}": [1000 * x for x in c.latency] for i, c in conversations.items()}
+    if len(conversations) > 1:
+        frame_series["pooled"] = [1000 * x for x in frame_all]
+    response_series = {"pooled": [1000 * r["latency"] for r in responses_all if r["latency"] is not None]}
+    files: dict[str, Any] = {
+        "report.json": lambda tmp: write_json(tmp, report),
+        "latency_cdf.png": lambda tmp: plots.cdf(frame_series, tmp, f"frame round trip, {report['settings']['mode']}, "
+                                                 f"{len(conversations)} session(s)", "latency (ms)", marks=(80.0,)),
+        "response_cdf.png": lambda tmp: plots.cdf(response_series, tmp, "response latency (user stops -> reply "
+                                                  "active)", "latency (ms)"),
+    }
+    for i, c in conversations.items():
+        files[f"session-{i}.wav"] = lambda tmp, c=c: write_stereo_wav(
+            tmp, torch.from_numpy(np.stack([c.left, pcm])), SAMPLE_RATE)
+    files["report.md"] = lambda tmp: write_text(tmp, _latency_markdown(report))
+    for target in write_report(out, files):
+        print(f"wrote {target}")
+    return 0
+
+
+def _latency_markdown(report: dict[str, Any]) -> str:
+    s = report["settings"]
+    headers = ["session", "frames", "late", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "max ms", "response p50 ms",
+               "responses", "no response", "already speaking"]
+    rows = []
+    for sess in [*report["sessions"], {"session": "**pooled**", **report["pooled"],
+                                       "frames": report["pooled"]["frame_latency_ms"]["n"]}]:
+        if "error" in sess:
+            rows.append([str(sess["session"]), *["-"] * 9, sess["error"], "-"])
+            continue
+        f, r = sess["frame_latency_ms"], sess["response_latency_ms"]
+        rows.append([str(sess["session"]), str(sess["frames"]), str(sess["late_frames"]), fmt(f["p50"], 1),
+                     fmt(f["p90"], 1), fmt(f["p95"], 1), fmt(f["p99"], 1), fmt(f["max"], 1), fmt(r["p50"], 1),
+                     str(r["n"]), str(r["no_response"]), str(r["already_speaking"])])
+    knobs = ", ".join(f"{k} {v}" for k, v in s["reply_vad"].items() if k not in ("sample_rate", "package"))
+    lines = [
+        "# Server latency", "",
+        f"{s['sessions']} session(s) with {s['url']}, {s['mode']}, input {s['input']} ({s['duration']:.2f} s). "
+        f"Frame latency: input frame sent -> the server's audio for it received. Response latency: end of a user "
+        f"IPU ({s['user_vad']['method']} VAD, min silence {s['min_silence']:g} s) -> reply active ({knobs}).", "",
+        markdown_table(headers, rows),
+        "![frame latency CDF](latency_cdf.png)", "", "![response latency CDF](response_cdf.png)",
+    ]
     return "\n".join(lines) + "\n"

@@ -110,10 +110,13 @@ def cdf(series: dict[str, Sequence[float]], path: Path, title: str, xlabel: str,
         if len(values) == 0:
             ax.plot([], [], label=f"{name} (no data)")
             continue
+        median = values[max(0, -(-len(values) // 2) - 1)]  # nearest rank, as the reports' p50
+        style = {"color": "black", "linestyle": "--", "linewidth": 2} if name == "pooled" else {}
         ax.step(values, np.arange(1, len(values) + 1) / len(values), where="post",
-                label=f"{name} (n={len(values)}, p50 {np.percentile(values, 50):.1f})")
+                label=f"{name} (n={len(values)}, p50 {median:.1f})", **style)
     for x in marks:
         ax.axvline(x, color="grey", linestyle=":", linewidth=1)
+        ax.annotate(f"{x:g}", (x, 1.0), xytext=(3, -12), textcoords="offset points", color="grey", fontsize=8)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("fraction ≤ x")
