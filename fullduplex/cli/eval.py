@@ -407,7 +407,7 @@ def latency_command(args: argparse.Namespace) -> int:
         responses = response_latencies(user_speech, speech_intervals(reply, reply_vad), duration, args.min_silence)
         sessions.append({"session": i, "frame_latency_ms": summary(result.latency), "frames": len(result.latency),
                          "late_frames": result.late_frames, "response_latency_ms": response_summary(responses),
-                         "responses": responses, "frame_latency_s": [round(x, 6) for x in result.latency]})
+                         "responses": responses, "frame_latency_s": list(result.latency)})
     if not conversations:
         raise FullduplexError(f"no session with {url.with_query(None)} succeeded: {sessions[0]['error']}")
     frame_all = [x for c in conversations.values() for x in c.latency]
