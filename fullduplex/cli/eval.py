@@ -54,7 +54,7 @@ reported as an error for that file.
 
 LATENCY_EPILOG = """\
 examples:
-  fullduplex serve --config ... &                                          # a server to measure
+  fullduplex serve &                                                      # a server to measure (port 8998)
   fullduplex eval latency --url ws://127.0.0.1:8998 --input user.wav --output latency/
   fullduplex eval latency --url gpu-box:8998 --input user.wav --sessions 8 --fast --output latency-8/
 
