@@ -1,0 +1,1 @@
+"""Training data: manifests, annotation, preparation into training shards (see docs/data.md)."""
