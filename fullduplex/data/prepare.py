@@ -101,14 +101,13 @@ class PrepareReport:
         t = self.text
         speakers = f"{len(self.speakers)} speakers" if self.with_speaker_names else "speakers not named in the manifest"
         lines = [
-            f"{self.conversations} conversations, {self.seconds / 3600:.2f} h, {speakers}; "
+            f"{self.conversations} conversations, {self.seconds / 3600:.2f} h ({self.seconds:.0f} s), {speakers}; "
             f"{self.items} items in {len(self.shards)} shard(s)",
             f"text stream: {t.frames} frames, pad ratio {t.pad_ratio:.3f}, {t.tokens_placed} word pieces",
             f"collisions ({self.options.policy}): {t.words_dropped} words / {t.tokens_dropped} pieces dropped, "
             f"{t.words_shifted} words shifted, {t.words_outside} past the end, {t.words_truncated} cut at the end",
-            f"skipped {len(self.skipped)} conversation(s)" + (":" if self.skipped else ""),
+            f"skipped {len(self.skipped)} conversation(s)" + (" (see the warnings and report.json)" if self.skipped else ""),
         ]
-        lines += [f"  {p}" for p in self.skipped]
         return "\n".join(lines)
 
 
