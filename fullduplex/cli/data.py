@@ -1,0 +1,144 @@
+"""``fullduplex data annotate|prepare``: stereo conversations → word alignments → training shards.
+
+See docs/data-preparation.md for the formats and the alignment rules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import FullduplexError
+from .codec import add_mimi_arguments, load_mimi_from_args, positive_int, resolve_device
+
+ANNOTATE_EPILOG = """\
+examples:
+  fullduplex data annotate calls/ --model ~/models/faster-whisper-medium --language en --output calls/
+  fullduplex data annotate train.jsonl --model ./whisper-large-v3-ct2 --language ja --output alignments/ --device cuda
+
+Input: a folder (every .wav .flac .ogg .mp3 under it) or a jsonl manifest ({"path", "duration"} per line).
+Each stereo file's channels are transcribed separately (left: SPEAKER_MAIN, the speaker the model learns to be;
+right: SPEAKER_OTHER) and written to OUTPUT/<same relative path>.json as
+  {"alignments": [[word, [start_s, end_s], speaker], ...]}   (sorted by start)
+Files whose alignments already exist are skipped, so an interrupted run resumes where it stopped.
+Needs faster-whisper (pip install faster-whisper) and a local CTranslate2 Whisper model folder.
+"""
+
+PREPARE_EPILOG = """\
+examples:
+  fullduplex data prepare train.jsonl --tokenizer tokenizer_spm_32k_3.model --output shards/train
+  fullduplex data prepare train.jsonl --hf-repo kyutai/moshiko-pytorch-bf16 --tokenizer hi.model \\
+      --output shards/hi --both-sides --policy shift --shard-size 128
+  fullduplex data prepare ja.jsonl --tokenizer ja.model --no-spaces --alignments alignments/ --output shards/ja
+
+Each manifest line's stereo audio is encoded with Mimi (8 codebooks per channel, 12.5 frames/s) and the left
+speaker's words become the text stream (word pieces from each word's start frame, pad 3, end-of-padding 0).
+Items are [17, T]: text, the left speaker's codebooks, the right speaker's. --both-sides adds each conversation
+seen from the right speaker. Conversations that cannot be used are skipped and listed with their manifest line.
+OUTPUT (a new folder) gets shard-NNNNN.safetensors, index.json (totals) and report.json (hours, speakers, pad
+ratio, collisions, skipped files); the summary is printed.
+"""
+
+
+def register(subparsers: Any) -> None:
+    """Add ``data`` with its ``annotate`` and ``prepare`` actions."""
+    data = subparsers.add_parser(
+        "data", help="annotate stereo conversations and prepare them into training shards",
+        description="Training data in moshi-finetune's format: stereo WAV (left: the speaker the model learns to "
+        "be), alignments JSON, jsonl manifest.",
+        epilog="examples:\n  fullduplex data annotate calls/ --model faster-whisper-medium/ --output calls/\n"
+        "  fullduplex data prepare calls/train.jsonl --tokenizer tok.model --output shards/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = data.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    ann = actions.add_parser(
+        "annotate", help="word timestamps of both channels (faster-whisper) -> alignments JSON",
+        description="Transcribe each channel of stereo conversations with word timestamps.",
+        epilog=ANNOTATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ann.add_argument("input", metavar="AUDIO_DIR_OR_MANIFEST", help="folder of stereo audio files, or a .jsonl manifest")
+    ann.add_argument("--model", required=True, metavar="PATH", help="local faster-whisper (CTranslate2) model folder")
+    ann.add_argument("--output", "-o", required=True, metavar="DIR", help="folder for the alignments JSON files")
+    ann.add_argument("--language", default="auto", metavar="CODE",
+                     help="spoken language: hi, ja, en, ... or auto to detect it per channel (default: auto)")
+    ann.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    ann.add_argument("--compute-type", default="default", metavar="TYPE",
+                     help="CTranslate2 compute type: default, float16, int8_float16, int8, ... (default: default)")
+    ann.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    ann.set_defaults(func=annotate_command)
+
+    prep = actions.add_parser(
+        "prepare", help="stereo audio + alignments -> training shards of Mimi codes and text",
+        description="Encode conversations with Mimi, align their words to the 12.5 Hz text stream, write shards.",
+        epilog=PREPARE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    prep.add_argument("manifest", metavar="MANIFEST", help="jsonl manifest: {\"path\", \"duration\"} per line")
+    prep.add_argument("--tokenizer", required=True, metavar="TOK.model", help="SentencePiece model of the LM's text")
+    prep.add_argument("--output", "-o", required=True, metavar="DIR", help="new folder for the shards")
+    prep.add_argument("--alignments", metavar="DIR",
+                      help="folder of alignments (same relative paths as the audio under the manifest's folder; "
+                      "default: <audio stem>.json beside each audio file)")
+    prep.add_argument("--both-sides", action="store_true",
+                      help="also train each conversation from the right speaker's side (channels swapped)")
+    prep.add_argument("--policy", choices=("drop", "shift"), default="drop",
+                      help="a word whose start frame is taken: drop it, or shift it to the next free frame "
+                      "(default: drop)")
+    prep.add_argument("--no-spaces", action="store_true",
+                      help="the language writes no spaces between words (Japanese, Chinese, Thai): tokenize each "
+                      "utterance as running text")
+    prep.add_argument("--shard-size", type=positive_int, default=64, metavar="N", help="items per shard (default: 64)")
+    add_mimi_arguments(prep)
+    prep.set_defaults(func=prepare_command)
+
+
+def annotate_command(args: argparse.Namespace) -> int:
+    from ..data.annotate import FasterWhisper, annotate, plan
+
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise FullduplexError(f"--output {output} is a file; give a folder")
+    tasks, problems = plan(args.input, output)
+    if not tasks:
+        raise FullduplexError(f"{args.input}: nothing to annotate ({len(problems)} bad manifest line(s))")
+    # faster-whisper loads only when some file still needs it: a finished run resumes instantly.
+    todo = any(not t.output.is_file() for t in tasks)
+    transcriber = FasterWhisper(args.model, args.device, args.compute_type) if todo else None
+    language = None if args.language == "auto" else args.language
+    report = annotate(tasks, transcriber, language, args.quiet)
+    report.problems[:0] = problems
+    for problem in report.problems:
+        print(f"warning: skipped {problem}", file=sys.stderr)
+    print(report.summary())
+    if report.annotated == 0 and report.already_done == 0:
+        raise FullduplexError(f"{args.input}: no file could be annotated; first problem: {report.problems[0]}")
+    return 0
+
+
+def prepare_command(args: argparse.Namespace) -> int:
+    from .. import __version__
+    from ..data.prepare import PrepareOptions, check_output_folder, prepare
+    from ..text.tokenizer import TextTokenizer
+
+    output = Path(args.output)
+    check_output_folder(output)
+    resolve_device(args.device)
+    tokenizer = TextTokenizer.load(args.tokenizer)
+    mimi, weight = load_mimi_from_args(args, num_codebooks=1)
+    if mimi.config.quantizer.n_q < 8:
+        raise FullduplexError(f"{weight} has {mimi.config.quantizer.n_q} codebooks; training needs 8 per channel")
+    mimi.num_codebooks = 8
+    options = PrepareOptions(
+        policy=args.policy, both_sides=args.both_sides, shard_size=args.shard_size, spaced=not args.no_spaces,
+        alignments=Path(args.alignments) if args.alignments else None,
+    )
+    meta = {"tokenizer": tokenizer.path.name if tokenizer.path else None, "mimi": weight.name,
+            "fullduplex_version": __version__}
+    report = prepare(args.manifest, mimi, tokenizer, output, options, meta=meta, quiet=args.quiet)
+    for problem in report.skipped:
+        print(f"warning: skipped {problem}", file=sys.stderr)
+    print(report.summary())
+    print(f"wrote {report.items} items to {output}")
+    return 0
