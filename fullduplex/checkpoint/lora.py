@@ -95,3 +95,14 @@ def read_lora(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"LoRA weights {path} not found")
     return read_state_dict(path)
+
+
+def apply_lora_file(model: torch.nn.Module, path: str | Path, scaling: float) -> torch.nn.Module:
+    """Fold a moshi-finetune ``lora.safetensors`` into a loaded LM, in place (``W += scaling B A``)."""
+    state = model.state_dict()
+    merged = merge_released_lora(state, read_lora(path), scaling, source=str(path))
+    with torch.no_grad():
+        for key, value in merged.items():
+            if value is not state[key]:
+                state[key].copy_(value)
+    return model

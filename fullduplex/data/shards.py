@@ -162,7 +162,7 @@ class ShardDataset:
         for n, path in enumerate(self.files):
             infos, meta, frames = _open_header(path)
             self.metas.append(meta)
-            for i, (info, t) in enumerate(zip(infos, frames)):
+            for i, (info, t) in enumerate(zip(infos, frames, strict=True)):
                 self._where.append((n, i))
                 self.frames.append(t)
                 self.infos.append(info)

@@ -170,14 +170,14 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
     return cls(**values)
 
 
-def _validate(cfg: TrainConfig, source: str, base: Path) -> None:
+def _validate(cfg: TrainConfig, source: str, base: Path, check_paths: bool) -> None:
     def bad(key: str, why: str) -> ConfigError:
         return ConfigError(f"{source}: {key} {why}")
 
     if not cfg.data.train:
         raise bad("data.train", "is required: a list of shard folders or files (from `fullduplex data prepare`)")
     for key, paths in (("data.train", cfg.data.train), ("data.valid", cfg.data.valid)):
-        for p in paths:
+        for p in paths if check_paths else ():
             if not (base / p).exists():
                 raise bad(key, f"names {p!r}, which does not exist (relative paths are read from {base})")
     positive = {
@@ -234,13 +234,15 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), parsed
 
 
-def load_config(path: str | Path | None, overrides: list[str] = (), raw: dict | None = None) -> TrainConfig:
+def load_config(
+    path: str | Path | None, overrides: list[str] = (), raw: dict | None = None, check_paths: bool = True
+) -> TrainConfig:
     """Read a YAML recipe (or ``raw``), apply ``key=value`` overrides, validate. Relative data paths are read
-    from the YAML file's folder."""
+    from the YAML file's folder. ``check_paths`` False: do not require the data folders (export)."""
     import yaml
 
     source = str(path) if path is not None else "config"
-    base = Path(path).parent if path is not None else Path(".")
+    base = Path(path).resolve().parent if path is not None else Path.cwd()
     if raw is None:
         try:
             text = Path(path).read_text()
@@ -260,7 +262,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (), raw: dict | 
                 raise ConfigError(f"--override {item!r}: {k} is not a section")
         node[keys[-1]] = value
     cfg = _build(TrainConfig, raw, "", source)
-    _validate(cfg, source, base)
+    _validate(cfg, source, base, check_paths)
     # Relative input paths are relative to the recipe, not the working directory.
     data = cfg.data
     resolved = DataConfig(
@@ -276,7 +278,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (), raw: dict | 
     config = m.config if m.config is None or not m.config.endswith(".json") else local(m.config, True)
     model = ModelConfig(local(m.checkpoint, True), m.hf_repo, config, local(m.tokenizer, True), m.dtype)
     for key, value in (("model.checkpoint", model.checkpoint), ("model.tokenizer", model.tokenizer), ("model.config", config)):
-        if value is not None and not value.startswith("hf://") and (key != "model.config" or value.endswith(".json")) \
+        if check_paths and value is not None and not value.startswith("hf://") and (key != "model.config" or value.endswith(".json")) \
                 and not Path(value).exists():
             raise ConfigError(f"{source}: {key} names {value!r}, which does not exist (relative paths are read from {base})")
     return TrainConfig(model, resolved, cfg.lora, cfg.optim, cfg.loss, cfg.run)

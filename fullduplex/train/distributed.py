@@ -80,16 +80,20 @@ def barrier(d: Dist) -> None:
 
 
 def shard_fsdp2(model: nn.Module, blocks: list[nn.Module], mixed_bf16: bool) -> None:
-    """FSDP2: ``fully_shard`` each block, then the root. Gradients are *summed* over ranks (divide factor 1),
-    because the loss is already normalised by the global batch."""
+    """FSDP2: ``fully_shard`` each block, then the root. FSDP2 averages gradients over ranks: callers scale the
+    loss by the world size (:func:`grad_scale`) to get the sum their global normalisation expects."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_bf16 else MixedPrecisionPolicy()
     for block in blocks:
         fully_shard(block, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
-    for module in [*blocks, model]:
-        module.set_gradient_divide_factor(1.0)
+
+
+def grad_scale(d: Dist, fsdp: bool) -> float:
+    """Factor on the loss so that gradients end up summed over ranks: FSDP2 averages them (a divide factor of 1
+    would need PREMUL_SUM, which gloo lacks); the replicated path sums them itself."""
+    return float(d.world) if fsdp else 1.0
 
 
 def broadcast_object(obj: object, d: Dist) -> object:

@@ -196,6 +196,7 @@ def _train(cfg: TrainConfig, d: D.Dist, stop_after: int | None, progress: bool) 
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
         _trim_metrics(metrics_path, state["step"])
+    scale = D.grad_scale(d, fsdp)
     autocast = (lambda: torch.autocast(d.device.type, dtype=torch.bfloat16)) if bf16 and not fsdp else nullcontext
     tb = _tensorboard(run_dir) if d.is_main else None
 
@@ -205,7 +206,7 @@ def _train(cfg: TrainConfig, d: D.Dist, stop_after: int | None, progress: bool) 
         totals = torch.stack([sum(w.text.sum() for w in weights), sum(w.audio.sum() for w in weights)]).to(d.device)
         D.all_reduce_sum(totals, d)
         sums = torch.zeros(4, device=d.device)  # loss, text part, audio part, semantic CE mean numerator
-        for m, (codes, w) in enumerate(zip(batches, weights)):
+        for m, (codes, w) in enumerate(zip(batches, weights, strict=True)):
             codes = codes.to(d.device)
             w.text, w.audio = w.text.to(d.device), w.audio.to(d.device)
             if fsdp and backward:
@@ -215,7 +216,7 @@ def _train(cfg: TrainConfig, d: D.Dist, stop_after: int | None, progress: bool) 
             parts = loss_parts(out, codes, w, lm_config)
             loss = combine(parts, totals[0], totals[1], cfg.loss)
             if backward:
-                loss.backward()
+                (loss * scale).backward()
             sums += torch.stack([loss.detach(), parts.text.detach() / totals[0], parts.audio.detach() / totals[1],
                                  torch.zeros((), device=d.device)])
         D.all_reduce_sum(sums, d)

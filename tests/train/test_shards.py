@@ -35,7 +35,7 @@ def test_round_trip_and_storage_dtype(tmp_path):
     back, meta = read_shard(path)
     assert meta == {"corpus": "test", "hours": 0.01}
     assert len(back) == 3
-    for a, b in zip(items, back):
+    for a, b in zip(items, back, strict=True):
         assert b["codes"].dtype == torch.int64
         assert torch.equal(a["codes"], b["codes"])
         assert a["info"] == b["info"]
