@@ -11,6 +11,8 @@ import fullduplex as fd
 from fullduplex.data.shards import write_shard
 from fullduplex.lm import lm_preset
 
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "train" / "tiny_cpu.yaml"
+
 
 def _item(g: torch.Generator, frames: int) -> dict:
     codes = torch.randint(0, 32, (17, frames), generator=g)
@@ -22,7 +24,7 @@ def _item(g: torch.Generator, frames: int) -> dict:
 
 
 def make_setup(root: Path) -> Path:
-    """Write model/, train/, valid/ and recipe.yaml (30 steps, batch 4, 30-frame windows) under ``root``."""
+    """Write model/, train/, valid/ and recipe.yaml (examples/train/tiny_cpu.yaml on these files) under ``root``."""
     torch.manual_seed(0)
     (root / "model").mkdir(parents=True)
     fd.save_lm(fd.LMModel(lm_preset("tiny")), root / "model" / "model.safetensors")
@@ -32,11 +34,9 @@ def make_setup(root: Path) -> Path:
         (root / split).mkdir()
         for s in range(shards):
             write_shard(root / split / f"{split}-{s}.safetensors", [_item(g, 60), _item(g, 45)], {"split": split})
-    recipe = {
-        "model": {"checkpoint": "model/model.safetensors", "config": "tiny", "tokenizer": "tok.model"},
-        "data": {"train": ["train"], "valid": ["valid"], "segment_seconds": 2.4},
-        "optim": {"lr_temporal": 3e-3, "lr_depth": 6e-3, "max_steps": 30, "warmup": 3},
-        "run": {"output": str(root / "run"), "batch_size": 4, "eval_every": 10, "save_every": 10},
-    }
+    recipe = yaml.safe_load(EXAMPLE.read_text())
+    recipe["model"].update(checkpoint="model/model.safetensors", tokenizer="tok.model")
+    recipe["data"].update(train=["train"], valid=["valid"])
+    recipe["run"]["output"] = str(root / "run")
     (root / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     return root / "recipe.yaml"

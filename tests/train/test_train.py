@@ -112,3 +112,9 @@ def test_bad_recipe_file(tmp_path, capsys):
     assert_one_line_error(run(["train", str(tmp_path / "r.yaml")]), capsys.readouterr().err, "data.train", "required")
     assert_one_line_error(run(["export", str(tmp_path), "--output", str(tmp_path / "o")]), capsys.readouterr().err,
                           "config.json")
+
+
+@pytest.mark.parametrize("name", ["human1_stage1.yaml", "human1_stage2.yaml", "lora.yaml", "tiny_cpu.yaml"])
+def test_example_recipes_are_valid(name):
+    cfg = load_config(ROOT / "examples" / "train" / name, check_paths=False)
+    assert cfg.optim.max_steps > 0 and cfg.loss.semantic_weight in (100.0, 1.0)
