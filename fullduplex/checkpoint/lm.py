@@ -23,6 +23,7 @@ from .resolve import DEFAULT_REPO, hf_download, repo_config, resolve_file
 from .state import assign_weights, check_state_dict, iter_state_dict, write_safetensors
 
 MOSHI_NAME = "model.safetensors"
+LORA_NAME = "lora.safetensors"
 
 _TEMPORAL_ATTN = re.compile(r"^transformer\.layers\.(\d+)\.self_attn\.(in_proj_weight|in_proj\.weight|in_projs\.0\.weight|out_proj\.weight|out_projs\.0\.weight)$")
 _DEPTH_FUSED = re.compile(r"^depformer\.layers\.(\d+)\.self_attn\.(in_proj_weight|in_proj\.weight|out_proj\.weight)$")
@@ -107,6 +108,41 @@ def resolve_lm(path_or_hf: str | Path | None = None, hf_repo: str | None = None)
     return resolve_file(path_or_hf if path_or_hf is not None else text, MOSHI_NAME), config
 
 
+def resolve_lora(path_or_hf: str | Path | None = None, hf_repo: str | None = None) -> tuple[Path, float] | None:
+    """(adapter file, scaling) when the folder's or repo's ``config.json`` says ``"lora": true`` (what
+    moshi-finetune and ``fullduplex export --keep-lora`` write: ``lora_name``, default ``lora.safetensors``, and
+    ``lora_scaling``, default 2.0); None otherwise, and for a plain weights file."""
+    text = str(path_or_hf) if path_or_hf is not None else f"hf://{hf_repo or DEFAULT_REPO}"
+    if text.startswith("hf://"):
+        repo = text[len("hf://") :].strip("/")
+        if len(repo.split("/")) != 2:
+            return None
+        raw, reachable = repo_config(repo)
+        if not raw or not raw.get("lora"):
+            return None
+        return hf_download(repo, raw.get("lora_name") or LORA_NAME, try_network=reachable), _lora_scaling(raw)
+    folder = Path(text.removeprefix("file://")).expanduser()
+    if not (folder / "config.json").is_file():
+        return None
+    try:
+        raw = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"could not read {folder / 'config.json'}: {e}") from None
+    if not isinstance(raw, dict) or not raw.get("lora"):
+        return None
+    lora = folder / (raw.get("lora_name") or LORA_NAME)
+    if not lora.is_file():
+        raise CheckpointError(f"{folder / 'config.json'} names LoRA weights {lora.name}, which are not in {folder}")
+    return lora, _lora_scaling(raw)
+
+
+def _lora_scaling(raw: dict) -> float:
+    value = raw.get("lora_scaling", 2.0)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise CheckpointError(f"config.json: lora_scaling must be a number, got {value!r}")
+    return float(value)
+
+
 def _config_from_dict(raw: dict, source: str) -> LMConfig:
     try:
         return LMConfig.from_moshi_dict(raw, source=source)
@@ -120,6 +156,8 @@ def load_lm(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     hf_repo: str | None = None,
+    lora_weight: str | Path | None = None,
+    lora_scaling: float | None = None,
 ) -> LMModel:
     """Build the Moshi LM from a released-format checkpoint.
 
@@ -129,7 +167,11 @@ def load_lm(
     default: the repo's or folder's ``config.json``, else the 7B moshiko architecture. ``dtype``: default bfloat16
     on CUDA, float32 on CPU; bf16 and fp32 files both load. Weights are converted one tensor at a time into a
     model built on the meta device, so memory never holds two copies. Mismatches name keys and shapes.
+
+    LoRA: a moshi-finetune ``lora.safetensors`` given as ``lora_weight`` (scaling ``lora_scaling``, default 2.0),
+    or named by the folder's or repo's ``config.json`` (``"lora": true``), is folded into the weights.
     """
+    lora = resolve_lora(path_or_hf, hf_repo) if lora_weight is None else (Path(lora_weight), 2.0)
     path, repo_config = resolve_lm(path_or_hf, hf_repo)
     if isinstance(config, str) and not config.endswith(".json"):
         from ..lm.config import lm_preset
@@ -156,7 +198,12 @@ def load_lm(
         model, state, unknown, str(path), "LM",
         "is the architecture right? Pass the checkpoint's config.json (--config) or the matching preset",
     )
-    return assign_weights(model, state, device)
+    model = assign_weights(model, state, device)
+    if lora is not None:
+        from .lora import apply_lora_file
+
+        apply_lora_file(model, lora[0], lora[1] if lora_scaling is None else lora_scaling)
+    return model
 
 
 def save_lm(model: LMModel, path: str | Path, dtype: torch.dtype | None = None) -> Path:

@@ -61,8 +61,10 @@ def test_export_merged_and_kept_lora_load_everywhere(lora_run, tmp_path):
         out, ref = ours(codes()), reference(tmp_path / "merged")(codes())
         kept = reference(tmp_path / "kept", lora_weights=str(tmp_path / "kept" / "lora.safetensors"), fuse_lora=True)(codes())
         before = base(codes())
+        kept_ours = fd.load_lm(tmp_path / "kept")(codes())  # config.json says lora: true -> adapters folded in
     assert_same(out, ref)
     assert_same(out, kept)
+    assert_same(out, kept_ours)
     assert (out.audio_logits - before.audio_logits).nan_to_num().abs().max() > 1e-3  # LoRA changed the model
 
 
