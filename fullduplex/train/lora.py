@@ -39,7 +39,11 @@ class LoRALinear(nn.Module):
             return
         bound = math.sqrt(6 / ((1 + 5) * self.in_features))  # kaiming_uniform_(a=sqrt(5)) on fan_in
         with torch.no_grad():
-            self.lora_A.uniform_(-bound, bound, generator=generator)
+            if generator is None or generator.device == self.lora_A.device:
+                self.lora_A.uniform_(-bound, bound, generator=generator)
+            else:  # a CPU generator (seeded, the same on every machine) for weights on an accelerator
+                values = torch.empty(self.lora_A.shape, dtype=self.lora_A.dtype).uniform_(-bound, bound, generator=generator)
+                self.lora_A.copy_(values)
             self.lora_B.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
