@@ -15,6 +15,7 @@ import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -48,8 +49,8 @@ class TensorSpec:
 class LazyCheckpoint:
     """The tensors of a checkpoint file, listed without reading them and read one at a time with :meth:`get`.
 
-    safetensors files are opened with ``safe_open``; torch pickles are memory-mapped (``torch.load(mmap=True)``),
-    so their tensors are only paged in when used. Use as a context manager (closes the file).
+    safetensors files are read with plain reads at the offsets of their header; torch pickles are memory-mapped
+    (``torch.load(mmap=True)``), so their tensors are only paged in when used. Use as a context manager (closes the file).
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -58,18 +59,13 @@ class LazyCheckpoint:
         self._file = None
         self._tensors: dict[str, torch.Tensor] | None = None
         if self.path.suffix in SAFETENSORS_SUFFIXES:
-            from safetensors import safe_open
-
             try:
-                self._file = safe_open(str(self.path), framework="pt")
-                self.keys: list[str] = list(self._file.keys())
-                self.metadata = dict(self._file.metadata() or {})
-                self._specs = {}
-                for key in self.keys:
-                    piece = self._file.get_slice(key)
-                    self._specs[key] = TensorSpec(DTYPES[piece.get_dtype()], tuple(piece.get_shape()))
-            except Exception as e:  # safetensors raises many types for corrupt files; say which file
-                raise CheckpointError(f"could not read checkpoint {self.path}: {type(e).__name__}: {e}") from None
+                self._file = open(self.path, "rb")  # noqa: SIM115 - closed by close()
+                self.metadata, self._offsets, self._specs = _read_header(self._file, self.path)
+            except BaseException:
+                self.close()
+                raise
+            self.keys: list[str] = list(self._specs)
         else:
             self._tensors = read_state_dict(self.path)  # memory-mapped
             self.keys = list(self._tensors)
@@ -79,12 +75,20 @@ class LazyCheckpoint:
         return self._specs[key]
 
     def get(self, key: str) -> torch.Tensor:
-        """The tensor ``key``, read now (CPU, stored dtype)."""
+        """The tensor ``key``, read now into fresh memory (CPU, stored dtype). Plain reads rather than a memory
+        map: mapped pages of a 15 GB file would stay resident and count against the process."""
         if self._tensors is not None:
             return self._tensors[key]
-        return self._file.get_tensor(key)
+        spec, offset = self._specs[key], self._offsets[key]
+        data = torch.empty(spec.nbytes, dtype=torch.uint8)
+        self._file.seek(offset)
+        if self._file.readinto(memoryview(data.numpy())) != spec.nbytes:
+            raise CheckpointError(f"{self.path}: the file ends inside tensor {key!r} (truncated download?)")
+        return data.view(spec.dtype).reshape(spec.shape)
 
     def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
         self._file = None
         self._tensors = None
 
@@ -93,6 +97,43 @@ class LazyCheckpoint:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _read_header(f: BinaryIO, path: Path) -> tuple[dict[str, str], dict[str, int], dict[str, TensorSpec]]:
+    """(metadata, absolute byte offset per tensor, spec per tensor) of an open safetensors file, checked against
+    the file's size; in the file's data order."""
+    size = os.fstat(f.fileno()).st_size
+    head = f.read(8)
+    if len(head) < 8:
+        raise CheckpointError(f"could not read checkpoint {path}: {size} bytes is too short for a safetensors file")
+    (length,) = struct.unpack("<Q", head)
+    if length > min(size - 8, 100_000_000):
+        raise CheckpointError(f"could not read checkpoint {path}: not a safetensors file (header of {length} bytes)")
+    try:
+        header = json.loads(f.read(length))
+    except ValueError as e:
+        raise CheckpointError(f"could not read checkpoint {path}: not a safetensors file ({e})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"could not read checkpoint {path}: not a safetensors file")
+    metadata = {str(k): str(v) for k, v in (header.pop("__metadata__", None) or {}).items()}
+    specs: dict[str, TensorSpec] = {}
+    offsets: dict[str, int] = {}
+    try:
+        entries = sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0])
+        for key, entry in entries:
+            spec = TensorSpec(DTYPES[entry["dtype"]], tuple(int(x) for x in entry["shape"]))
+            begin, end = (int(x) for x in entry["data_offsets"])
+            if end - begin != spec.nbytes or 8 + length + end > size:
+                raise CheckpointError(
+                    f"{path}: tensor {key!r} ({entry['dtype']} {list(spec.shape)}) does not fit its bytes "
+                    f"[{begin}, {end}) in a file of {size} bytes (truncated download?)"
+                )
+            specs[key], offsets[key] = spec, 8 + length + begin
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"could not read checkpoint {path}: bad safetensors header ({type(e).__name__}: {e})") from None
+    return metadata, offsets, specs
 
 
 def safetensors_header(specs: dict[str, TensorSpec], metadata: dict[str, str] | None = None) -> bytes:

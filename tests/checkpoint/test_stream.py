@@ -58,3 +58,11 @@ def test_refuses_what_the_header_does_not_say_and_leaves_no_file(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 3)
     with pytest.raises(CheckpointError, match="could not read checkpoint .*junk.safetensors"):
         LazyCheckpoint(tmp_path / "junk.safetensors")
+
+
+def test_truncated_file_is_named(tmp_path):
+    save_file(tensors(), str(tmp_path / "full.safetensors"))
+    data = (tmp_path / "full.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[:-10])
+    with pytest.raises(CheckpointError, match="cut.safetensors: tensor .* does not fit its bytes .*truncated"):
+        LazyCheckpoint(tmp_path / "cut.safetensors")
