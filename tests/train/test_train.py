@@ -55,6 +55,38 @@ def test_resume_after_kill_matches_uninterrupted(recipe, tmp_path):
     assert steps == list(range(1, 9))  # steps 5-6 of the killed run were dropped, not duplicated
 
 
+def test_resume_after_sigkill_of_the_process(recipe, tmp_path):
+    """A real kill: `fullduplex train` in its own process gets SIGKILL once step 6's checkpoint is on disk (possibly
+    while it writes a later one); resuming continues from the newest complete checkpoint with exactly the losses of
+    an uninterrupted run."""
+    import signal
+    import time
+
+    overrides = ["optim.schedule=constant", "run.save_every=2", "run.eval_every=0"]
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "fullduplex", "train", str(recipe), "--no-progress", "--override=optim.max_steps=400",
+           *[f"--override={o}" for o in overrides], f"--override=run.output={out}"]
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoints" / "step_000006").is_dir():
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "no checkpoint after 120 s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(30)
+    last = max(int(p.name.removeprefix("step_")) for p in (out / "checkpoints").glob("step_*"))
+    end = f"optim.max_steps={last + 4}"  # a constant schedule: the step count changes nothing else
+    resumed = train(load_config(recipe, [*overrides, end, f"run.output={out}"]), progress=False)
+    assert resumed.resumed_from is not None and resumed.resumed_from >= 6
+    whole = train(load_config(recipe, [*overrides, end, f"run.output={tmp_path / 'whole'}"]), progress=False)
+    steps = range(resumed.resumed_from + 1, last + 5)
+    assert [resumed.losses[s] for s in steps] == [whole.losses[s] for s in steps]  # exactly
+
+
 def test_lora_changes_only_adapters(recipe, tmp_path):
     out = tmp_path / "lora"
     cfg = load_config(recipe, ["optim.max_steps=4", "lora.enabled=true", "lora.rank=4", f"run.output={out}",
