@@ -41,7 +41,7 @@ import pytest
 import torch
 
 import fullduplex as fd
-from fullduplex.cli.client import FAST_WAIT, FRAME, converse
+from fullduplex.cli.client import FAST_WAIT, FRAME, converse, words
 from fullduplex.cli.main import main
 from fullduplex.codec import mimi_preset
 from fullduplex.inference import Engine, Sampling, generate
@@ -164,6 +164,18 @@ def read_stereo(path: Path) -> tuple[np.ndarray, int]:
         return np.frombuffer(f.readframes(f.getnframes()), "<i2").reshape(-1, 2).T, f.getframerate()
 
 
+def logged_pieces(log: str) -> list[tuple[int, str]]:
+    """The text pieces in moshi.server's log, each with the input frame whose arrival made the server send it (it
+    logs the pieces of an input frame, then "frame handled in ... ms")."""
+    frame, pieces = 0, []
+    for line in log.splitlines():
+        if m := TEXT_LOG.search(line):
+            pieces.append((frame, m.group(1)))
+        elif "frame handled in" in line:
+            frame += 1
+    return pieces
+
+
 def spoken_words(pieces: list[str]) -> str:
     """Text pieces as words separated by single spaces (how the transcript's "text" joins them)."""
     return " ".join("".join(pieces).split())
@@ -201,12 +213,13 @@ def test_client_real_time_against_reference_server(reference_server, tmp_path, c
 
     log = reference_server.wait_log("done with connection", start)
     assert "done with connection" in log, log  # the server saw our close and released its lock
-    sent = [m.group(1) for line in log.splitlines() if (m := TEXT_LOG.search(line))]
+    sent = logged_pieces(log)  # (input frame whose arrival made the server send it, piece)
     got = transcript["text"]
     assert got and transcript["words"] and transcript["duration"] == len(pcm) / 24000
-    assert spoken_words(sent).startswith(got)
-    if latency["late_frames"] == 1:  # every frame on time (a loaded machine may make some late): all arrived
-        assert got == spoken_words(sent) and latency["frames"] == frames - 1
+    assert spoken_words([piece for _, piece in sent]).startswith(got)
+    if latency["late_frames"] == 1:  # every frame on time (a loaded machine may make some late): then a piece
+        # sent on input frame t's arrival was received before the tick of frame t, and placed at frame t.
+        assert transcript["words"] == words(sent, transcript["duration"]) and latency["frames"] == frames - 1
     assert all(w["start"] < w["end"] <= transcript["duration"] for w in transcript["words"])
 
 
@@ -227,9 +240,14 @@ def test_client_fast_against_reference_server(reference_server):
     assert len(result.left) == len(pcm) and not result.left[:FRAME].any()
     assert np.abs(result.left[FRAME:]).mean() > 1e-3
     assert len(result.latency) == frames - 1 and result.late_frames >= 1
-    # A piece comes just after its frame's audio, which already let the client move on: never before frame 2.
-    assert result.pieces and all(2 <= frame < frames for frame, _ in result.pieces)
-    assert "done with connection" in reference_server.wait_log("done with connection", start)
+    # The server's frame 0 comes once input frame 1 was sent: its pieces land at frame 1 or, when they arrive
+    # just after the audio that let the client move on, at frame 2.
+    assert result.pieces and all(1 <= frame < frames for frame, _ in result.pieces)
+    log = reference_server.wait_log("done with connection", start)
+    assert "done with connection" in log
+    sent = [piece for _, piece in logged_pieces(log)]
+    assert spoken_words([piece for _, piece in result.pieces]) and spoken_words(sent).startswith(
+        spoken_words([piece for _, piece in result.pieces]))  # all but those arriving during the drain
 
 
 def test_client_reports_a_busy_reference_server(reference_server, tmp_path, capsys):
