@@ -36,9 +36,11 @@ import types
 import wave
 from pathlib import Path
 
+import aiohttp
 import numpy as np
 import pytest
 import torch
+from aiohttp.test_utils import TestServer
 
 import fullduplex as fd
 from fullduplex.cli.client import FAST_WAIT, FRAME, converse, words
@@ -256,8 +258,6 @@ def test_client_reports_a_busy_reference_server(reference_server, tmp_path, caps
     write_input(tmp_path / "talk.wav", 5)
 
     async def hold_and_try():
-        import aiohttp
-
         async with aiohttp.ClientSession() as http, http.ws_connect(f"{reference_server.url}/api/chat") as ws:
             first = await ws.receive(timeout=10)
             assert first.data == b"\x00"  # the Python server's handshake: the kind byte alone
@@ -271,8 +271,6 @@ def test_client_reports_a_busy_reference_server(reference_server, tmp_path, caps
     assert not (tmp_path / "reply.wav").exists()
 
     async def next_visitor() -> bytes:  # the server is free again once both sockets are gone
-        import aiohttp
-
         async with aiohttp.ClientSession() as http, http.ws_connect(f"{reference_server.url}/api/chat") as ws:
             return (await ws.receive(timeout=10)).data
 
@@ -383,9 +381,6 @@ def test_reference_client_against_our_server(tmp_path, monkeypatch):
     monkeypatch.delitem(sys.modules, "moshi.client")  # not kept beyond this test with the stand-in in it
 
     async def run() -> None:
-        import aiohttp
-        from aiohttp.test_utils import TestServer
-
         server = Server(Engine(mimi, lm, greedy, max_sessions=2), tokenizer)
         async with TestServer(server.app(), host="127.0.0.1") as test_server, aiohttp.ClientSession() as http:
             # What moshi.client.run does once it has built ws://HOST:PORT/api/chat from --host and --port.
