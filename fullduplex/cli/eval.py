@@ -1,4 +1,5 @@
-"""``fullduplex eval turns|codec|latency``: measure conversations, the codec and a live server.
+"""``fullduplex eval turns|codec|latency|behaviour``: measure conversations, the codec, a live server and the
+model's behaviour (``behaviour`` lives in :mod:`fullduplex.cli.behaviour`).
 
 Each action writes a report folder (``--output DIR``, created if needed): ``report.json``, ``report.md`` (a
 Markdown summary) and PNG plots, all renamed into place together once every one is written. A file that cannot be
@@ -167,6 +168,9 @@ def register(subparsers: Any) -> None:
                          help="level: RMS of a 30 ms frame of the reply that counts as active (default: -40)")
     latency.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     latency.set_defaults(func=latency_command)
+    from .behaviour import add_parser as add_behaviour_parser
+
+    add_behaviour_parser(actions, add_vad_arguments)
 
 
 def files_progress(total: int, desc: str, quiet: bool) -> tqdm:

@@ -31,7 +31,15 @@ from ..text.tokenizer import Word
 from .asr import ASR_RATE, Transcriber
 from .behaviour import SCORERS, Rules, interrupt_onset
 from .probes import (
-    KINDS, Clip, Probe, Timing, backchannel_probe, interrupt_probe, interrupt_prompt, pause_probe, trim,
+    KINDS,
+    Clip,
+    Probe,
+    Timing,
+    backchannel_probe,
+    interrupt_probe,
+    interrupt_prompt,
+    pause_probe,
+    trim,
     turn_end_probe,
 )
 from .turns import Interval, ipus, normalize

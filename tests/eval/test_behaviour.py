@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from fullduplex.eval.behaviour import (
-    Rules, interrupt_onset, score_backchannel, score_interrupt, score_pause, score_turn_end, summarise, takeover,
+    Rules,
+    interrupt_onset,
+    score_backchannel,
+    score_interrupt,
+    score_pause,
+    score_turn_end,
+    summarise,
+    takeover,
 )
 from fullduplex.text.tokenizer import Word
 
