@@ -184,7 +184,7 @@ def behaviour_command(args: argparse.Namespace) -> int:
     for kind, instances in results.items():
         files[f"timeline-{kind}.png"] = lambda tmp, k=kind, inst=instances: plots.probe_timelines(
             [_timeline_row(k, i) for i in inst[:SHOWN]], tmp,
-            f"{k} probes ({min(len(inst), SHOWN)} of {len(inst)} shown); {LABEL}")
+            f"{k} probes ({min(len(inst), SHOWN)} of {len(inst)} shown)\n{LABEL}")
     series = _latency_series(report["probes"])
     if series:
         files["latency.png"] = lambda tmp: plots.cdf(series, tmp, "behaviour probes: latencies (ours, VAD-based)",
@@ -222,6 +222,8 @@ def _timeline_row(kind: str, i: Any) -> dict[str, Any]:
     highlight: list[tuple[float, float]] = []
     if kind == "pause":
         spans["pause"] = (t["pause_start"], t["pause_end"])
+        if s["takeover"]:
+            marks["model takes over"] = max(s["detail"]["onset"], t["pause_start"])
         verdict = "takeover" if s["takeover"] else "no takeover"
     elif kind == "turn-end":
         marks["user end"] = t["user_end"]
@@ -287,7 +289,8 @@ def _markdown(report: dict[str, Any], series: dict[str, list[float]]) -> str:
                      f"{fmt(p['floor_sec'], 1)} s)", "-", f"takeover rate {fmt(p['takeover_rate'])}"])
     lines = [
         "# Behaviour probes", "", f"**Numbers: {report['label']}.**", "",
-        f"Model {s['lm']} with {s['mimi']}; sampling {s['sampling']}. Speech: "
+        f"Model {s['lm']} with {s['mimi']}; sampling "
+        f"{', '.join(f'{k} {v}' for k, v in s['sampling'].items())}. Speech: "
         f"{', '.join(Path(x).name for x in s['speech'])}. {s['repeats']} probe(s) of each kind. Scoring by "
         f"{s['scoring']}; VAD {s['vad']['method']} ({vad}); model IPU min silence {s['rules']['min_silence']:g} s; "
         f"takeover: >= {s['rules']['takeover_min']:g} s of model speech; response window "

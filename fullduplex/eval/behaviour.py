@@ -140,7 +140,7 @@ def score_interrupt(times: dict[str, float], model: Sequence[Interval], rules: R
     """Interrupt probe: the model IPU active at the user's ``onset`` must end while the user still speaks
     (before ``user_end``): ``stopped`` and ``stop_latency`` = its end − onset (None when it did not stop).
     ``applicable`` is False when the model was not speaking at the onset. ``responded`` / ``response_latency``:
-    a takeover in [user_end, user_end + response_window) after the interruption."""
+    having stopped, the model takes the turn in [user_end, user_end + response_window)."""
     onset, user_end = times["onset"], times["user_end"]
     active = next(((s, e) for s, e in model if s <= onset < e), None)
     after = takeover(model, user_end, user_end + rules.response_window, rules, words)
@@ -150,6 +150,8 @@ def score_interrupt(times: dict[str, float], model: Sequence[Interval], rules: R
     if active is not None:
         out["stopped"] = active[1] < user_end
         out["stop_latency"] = _r(active[1] - onset) if out["stopped"] else None
+    if not out["stopped"]:  # talking on through the interruption is not answering it
+        out["responded"], out["response_latency"] = False, None
     return out
 
 

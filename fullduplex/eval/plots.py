@@ -155,13 +155,14 @@ def probe_timelines(rows: Sequence[dict[str, Any]], path: Path, title: str) -> N
     from matplotlib.patches import Patch
 
     plt = _pyplot()
-    width = min(max(8.0, max(r["duration"] for r in rows) / 2.5), 20.0)
+    width = min(max(9.0, max(r["duration"] for r in rows) / 2.5), 20.0)
     fig, axes = plt.subplots(len(rows), 1, figsize=(width, 1.0 + 1.35 * len(rows)), squeeze=False)
     mark_colours = ["#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2"]
     for ax, row in zip(axes[:, 0], rows, strict=True):
         for name, (s, e) in row.get("spans", {}).items():
             ax.axvspan(s, e, color="#bbbbbb", alpha=0.35, linewidth=0)
-            ax.annotate(name, ((s + e) / 2, 1.45), ha="center", va="bottom", fontsize=7, color="#555555")
+            ax.annotate(f"{name} {e - s:.2f} s", ((s + e) / 2, 1.4), ha="center", va="bottom", fontsize=7,
+                        color="#555555")
         ax.broken_barh(_bars(row["user"]), (0.65, 0.6), facecolors=COLOURS["speaker1"])
         ax.broken_barh(_bars(row["model"]), (-0.25, 0.6), facecolors=COLOURS["speaker0"])
         if row.get("highlight"):
@@ -169,9 +170,9 @@ def probe_timelines(rows: Sequence[dict[str, Any]], path: Path, title: str) -> N
                            edgecolors=COLOURS["backchannel"], hatch="////", linewidth=1.0)
         for i, (name, x) in enumerate(row.get("marks", {}).items()):
             colour = mark_colours[i % len(mark_colours)]
-            ax.axvline(x, color=colour, linestyle="--", linewidth=1.2)
-            ax.annotate(f"{name} {x:.2f}", (x, -0.45), xytext=(3, 0), textcoords="offset points", fontsize=7,
-                        color=colour, va="center")
+            ax.axvline(x, color=colour, linestyle="--", linewidth=1.2, label=f"{name} {x:.2f} s")
+        if row.get("marks"):
+            ax.legend(loc="center left", bbox_to_anchor=(1.005, 0.5), frameon=False, fontsize=7)
         ax.set_yticks([0.95, 0.05], ["user", "model"])
         ax.set_ylim(-0.6, 1.7)
         ax.set_xlim(0, row["duration"])
@@ -182,8 +183,9 @@ def probe_timelines(rows: Sequence[dict[str, Any]], path: Path, title: str) -> N
                Patch(color=COLOURS["speaker0"], label="model speech (VAD IPUs)")]
     if any(r.get("highlight") for r in rows):
         handles.append(Patch(facecolor="white", edgecolor=COLOURS["backchannel"], hatch="////", label="backchannel"))
-    fig.legend(handles=handles, loc="upper right", ncol=len(handles), frameon=False, fontsize=8)
     fig.suptitle(title, x=0.01, ha="left", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    margin = 0.3 / fig.get_figheight()  # inches kept for the legend below the panels
+    fig.tight_layout(rect=(0, margin, 1, 1))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=8)
     fig.savefig(path, format="png", dpi=110)
     plt.close(fig)

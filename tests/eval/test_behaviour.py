@@ -96,7 +96,7 @@ def test_interrupt_stop_no_stop_and_not_applicable():
     assert stop["responded"] and stop["response_latency"] == pytest.approx(0.5)
     talks_on = score_interrupt(t, [(4.0, 7.2)], RULES)  # talks through the whole interruption
     assert talks_on["applicable"] and talks_on["stopped"] is False and talks_on["stop_latency"] is None
-    assert talks_on["model_end"] == pytest.approx(7.2)
+    assert talks_on["model_end"] == pytest.approx(7.2) and talks_on["responded"] is False
     silent = score_interrupt(t, [(4.0, 4.4)], RULES)
     assert silent["applicable"] is False and silent["stopped"] is None
 
