@@ -105,12 +105,13 @@ def vad_from_args(args: argparse.Namespace) -> VadSettings:
 def register(subparsers: Any) -> None:
     """Add ``eval`` with its actions."""
     parser = subparsers.add_parser(
-        "eval", help="measure: turn-taking statistics, codec quality, server latency",
+        "eval", help="measure: turn-taking statistics, codec quality, server latency, behaviour probes",
         description="Measure conversations, the codec and a live server; each action writes a report folder "
         "(JSON, Markdown, PNG plots).",
         epilog="examples:\n  fullduplex eval turns dialogue.wav --output report/\n"
         "  fullduplex eval codec speech/ --codebooks 8 16 32 --output codec-report/\n"
-        "  fullduplex eval latency --url ws://gpu-box:8998 --input user.wav --sessions 4 --output latency/",
+        "  fullduplex eval latency --url ws://gpu-box:8998 --input user.wav --sessions 4 --output latency/\n"
+        "  fullduplex eval behaviour --speech question.wav --output behaviour/",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
