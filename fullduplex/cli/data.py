@@ -52,8 +52,8 @@ Two espeak-ng voices talk (left channel: the speaker a model learns to be; right
 exchanges: greetings, questions and answers, a pause inside a turn, overlapping turns, backchannels. Words are
 synthesised one by one and placed at chosen gaps, so their timestamps are exact to the millisecond.
 OUTPUT (a new folder) gets LANG-NNNNN.wav (stereo) + LANG-NNNNN.json (alignments), manifest.jsonl (for
-`fullduplex data prepare`; Japanese: prepare with --no-spaces), transcripts.txt (one turn a line, e.g. for
-`fullduplex tokenizer train`) and synth.json (settings and totals). The same seed gives byte-identical files.
+`fullduplex data prepare`; Japanese: prepare with --no-spaces), transcripts.txt (one turn a line, e.g. to
+train a tokenizer) and synth.json (settings and totals). The same seed gives byte-identical files.
 Needs espeak-ng (apt-get install espeak-ng).
 """
 
