@@ -16,6 +16,17 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
         echo "warning: chromium/chromedriver not found; the browser test will be skipped (apt-get install chromium chromium-driver)"
     fi
 fi
+# The synthetic-dialogue tests speak with espeak-ng; install it the same way, else they are skipped.
+if ! command -v espeak-ng >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "==> installing espeak-ng (for tests/data/test_synth.py)"
+        apt-get install -y -q espeak-ng >/dev/null 2>&1 \
+            || { apt-get update -q >/dev/null && apt-get install -y -q espeak-ng >/dev/null; } \
+            || echo "warning: could not install espeak-ng; the synthetic-dialogue tests will be skipped"
+    else
+        echo "warning: espeak-ng not found; the synthetic-dialogue tests will be skipped (apt-get install espeak-ng)"
+    fi
+fi
 echo "==> ruff"
 ruff check fullduplex tests benchmarks scripts
 echo "==> pytest"

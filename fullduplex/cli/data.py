@@ -1,4 +1,5 @@
-"""``fullduplex data annotate|prepare``: stereo conversations → word alignments → training shards.
+"""``fullduplex data annotate|prepare|synth``: stereo conversations → word alignments → training shards, and
+synthetic conversations spoken by espeak-ng.
 
 See docs/data-preparation.md for the formats and the alignment rules.
 """
@@ -41,15 +42,31 @@ OUTPUT (a new folder) gets shard-NNNNN.safetensors, index.json (totals) and repo
 ratio, collisions, skipped files); the summary is printed.
 """
 
+SYNTH_EPILOG = """\
+examples:
+  fullduplex data synth --lang en --dialogues 200 --output synth/en
+  fullduplex data synth --lang hi --dialogues 50 --output synth/hi --seed 7 --voices hi+m1,hi+f2
+  fullduplex data synth --lang ja --dialogues 100 --output synth/ja --sample-rate 16000
+
+Two espeak-ng voices talk (left channel: the speaker a model learns to be; right: the other) from scripted
+exchanges: greetings, questions and answers, a pause inside a turn, overlapping turns, backchannels. Words are
+synthesised one by one and placed at chosen gaps, so their timestamps are exact to the millisecond.
+OUTPUT (a new folder) gets LANG-NNNNN.wav (stereo) + LANG-NNNNN.json (alignments), manifest.jsonl (for
+`fullduplex data prepare`; Japanese: prepare with --no-spaces), transcripts.txt (one turn a line, e.g. to
+train a tokenizer) and synth.json (settings and totals). The same seed gives byte-identical files.
+Needs espeak-ng (apt-get install espeak-ng).
+"""
+
 
 def register(subparsers: Any) -> None:
     """Add ``data`` with its ``annotate`` and ``prepare`` actions."""
     data = subparsers.add_parser(
-        "data", help="annotate stereo conversations and prepare them into training shards",
+        "data", help="annotate, prepare or synthesise stereo conversations for training",
         description="Training data in moshi-finetune's format: stereo WAV (left: the speaker the model learns to "
         "be), alignments JSON, jsonl manifest.",
         epilog="examples:\n  fullduplex data annotate calls/ --model faster-whisper-medium/ --output calls/\n"
-        "  fullduplex data prepare calls/train.jsonl --tokenizer tok.model --output shards/",
+        "  fullduplex data prepare calls/train.jsonl --tokenizer tok.model --output shards/\n"
+        "  fullduplex data synth --lang en --dialogues 200 --output synth/en",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     actions = data.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -92,6 +109,23 @@ def register(subparsers: Any) -> None:
     prep.add_argument("--shard-size", type=positive_int, default=64, metavar="N", help="items per shard (default: 64)")
     add_mimi_arguments(prep)
     prep.set_defaults(func=prepare_command)
+
+    syn = actions.add_parser(
+        "synth", help="synthetic stereo dialogues spoken by two espeak-ng voices, with exact word timestamps",
+        description="Synthesise scripted two-speaker conversations (en, hi, ja) in moshi-finetune's data format.",
+        epilog=SYNTH_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    syn.add_argument("--lang", required=True, choices=("en", "hi", "ja"), help="language of the dialogues")
+    syn.add_argument("--dialogues", required=True, type=positive_int, metavar="N", help="how many conversations")
+    syn.add_argument("--output", "-o", required=True, metavar="DIR", help="new folder for the corpus")
+    syn.add_argument("--seed", type=int, default=0, help="random seed of the scripts and timings (default: 0)")
+    syn.add_argument("--voices", metavar="LEFT,RIGHT",
+                     help="two espeak-ng voices, e.g. en-us+m3,en-gb-x-rp+f3 (default per language: "
+                     "en-us+m3,en-gb-x-rp+f3 / hi+m3,hi+f3 / ja+m3,ja+f3)")
+    syn.add_argument("--sample-rate", type=positive_int, default=24000, metavar="HZ",
+                     help="sample rate of the WAV files (default: 24000, Mimi's)")
+    syn.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    syn.set_defaults(func=synth_command)
 
 
 def annotate_command(args: argparse.Namespace) -> int:
@@ -141,4 +175,18 @@ def prepare_command(args: argparse.Namespace) -> int:
         print(f"warning: skipped {problem}", file=sys.stderr)
     print(report.summary())
     print(f"wrote {report.items} items to {output}")
+    return 0
+
+
+def synth_command(args: argparse.Namespace) -> int:
+    from ..data.prepare import check_output_folder
+    from ..data.synth import SynthConfig, resolve_voices, synthesize_corpus
+
+    output = Path(args.output)
+    check_output_folder(output)
+    config = SynthConfig(sample_rate=args.sample_rate)
+    voices = resolve_voices(args.lang, args.voices)
+    report = synthesize_corpus(args.lang, args.dialogues, output, args.seed, voices, config, args.quiet)
+    print(report.summary())
+    print(f"wrote {output / 'manifest.jsonl'}")
     return 0
