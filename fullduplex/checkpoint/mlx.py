@@ -30,15 +30,12 @@ input size in the config (``bits = 32 * words / K``). The format is recognised b
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_output
 from ..errors import CheckpointError
 from ..lm.config import LMConfig
 from ..lm.model import LMModel
@@ -240,20 +237,21 @@ def save_mlx(
     mimi: str | Path | None = None,
     progress: bool = False,
 ) -> Path:
-    """Write ``lm`` for ``moshi_mlx``: ``folder/model.q8.safetensors`` (``mlx-q8``), ``model.q4.safetensors``
-    (``mlx-q4``) or ``model.safetensors`` (``mlx-bf16``), a ``config.json`` naming the files, and copies of the
-    ``tokenizer`` (.model) and ``mimi`` files when given. Each file is written atomically. Returns the model path.
-
-    moshi_mlx loads it with ``nn.quantize(model, bits, group_size)`` then ``load_weights(path, strict=True)``.
-    """
+    """Write ``lm`` (float or quantized) for ``moshi_mlx``: ``folder/model.q8.safetensors`` (``mlx-q8``),
+    ``model.q4.safetensors`` (``mlx-q4``) or ``model.safetensors`` (``mlx-bf16``), a ``config.json`` naming the
+    files, and copies of the ``tokenizer`` (.model) and ``mimi`` files when given; each file atomically.
+    Returns the model path. moshi_mlx loads it with ``nn.quantize(model, bits, group_size)`` then
+    ``load_weights(path, strict=True)``."""
     check_mlx_compatible(lm.config)
+    if fmt not in MLX_FORMATS:
+        raise ValueError(f"unknown MLX format {fmt!r}; choose one of {', '.join(MLX_FORMATS)}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(lm.state_dict()), desc=f"converting to {fmt}", unit="tensor")
+        bar = tqdm(total=len(lm.state_dict()), desc=f"converting to {fmt}", unit="tensor", leave=False)
     try:
         state = to_mlx_state(lm, fmt, bar.update if bar is not None else None)
     finally:
@@ -261,14 +259,7 @@ def save_mlx(
             bar.close()
     path = write_safetensors(state, folder / MLX_NAMES[fmt], metadata={"format": "mlx"})
     del state
-    config = lm.config.to_moshi_dict()
-    config["moshi_name"] = MLX_NAMES[fmt]
-    for key, source in (("tokenizer_name", tokenizer), ("mimi_name", mimi)):
-        if source is not None:
-            source = Path(source)
-            with atomic_output(folder / source.name) as tmp:
-                shutil.copyfile(source, tmp)
-            config[key] = source.name
-    with atomic_output(folder / "config.json") as tmp:
-        tmp.write_text(json.dumps(config, indent=2) + "\n")
+    from .convert import write_companions  # convert builds on this module
+
+    write_companions(folder, lm, path.name, tokenizer, mimi)
     return path

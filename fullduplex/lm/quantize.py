@@ -41,6 +41,15 @@ EMBEDDING_BITS = {"int8": (8, 64), "int4": (4, 32)}  # mode -> (bits, group size
 INT4_GROUP = 32
 
 
+def embedding_group(mode: str, width: int, name: str) -> tuple[int, int]:
+    """(bits, group size) of an embedding of ``width``: the mode's group, or 32 for widths it does not divide."""
+    bits, group = EMBEDDING_BITS[mode]
+    for g in (group, 32):
+        if width % g == 0:
+            return bits, g
+    raise ValueError(f"{name}: width {width} is not a multiple of the {mode} embedding group size {group} (or 32)")
+
+
 @dataclass
 class AffineWeight:
     """A weight as MLX stores it quantized: codes uint8 [..., K], scales and biases [..., K/G]."""
@@ -150,12 +159,10 @@ def quantized_linear(value: torch.Tensor | AffineWeight, mode: str, name: str, d
 
 
 def quantized_embedding(value: torch.Tensor | AffineWeight, mode: str, dtype: torch.dtype, device: torch.device, name: str) -> QuantEmbedding:
-    bits, group = EMBEDDING_BITS[mode]
+    bits, group = embedding_group(mode, value.shape[-1], name)
     if isinstance(value, AffineWeight) and value.bits == bits:
         return QuantEmbedding.from_affine(value.to(device), dtype)
     w = as_float(value, torch.float32).to(device)
-    if w.shape[-1] % group:
-        raise ValueError(f"{name}: width {w.shape[-1]} is not a multiple of the {mode} embedding group size {group}")
     return QuantEmbedding.from_affine(AffineWeight(*quantize_affine(w, bits, group), bits), dtype)
 
 
@@ -218,14 +225,12 @@ def quantized_skeleton(lm: LMModel, mode: str, device: torch.device, dtype: torc
         check_int4_shape(N, K, INT4_GROUP, device.type, name)
         return Int4Linear(K, N, INT4_GROUP, device="meta", layout="cuda" if device.type == "cuda" else "cpu")
 
-    bits, group = EMBEDDING_BITS[mode]
     for name, kind in targets(lm).items():
         module = lm.get_submodule(name)
         if kind == "linear":
             new = linear(module, module.in_features, module.out_features, name)
         elif kind == "embedding":
-            if module.embedding_dim % group:
-                raise ValueError(f"{name}: width {module.embedding_dim} is not a multiple of the {mode} embedding group size {group}")
+            bits, group = embedding_group(mode, module.embedding_dim, name)
             new = QuantEmbedding(module.num_embeddings, module.embedding_dim, bits, group, dtype, device="meta")
         else:
             S, three_d, D = module.in_proj.shape
