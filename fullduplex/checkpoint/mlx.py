@@ -219,11 +219,11 @@ def to_mlx_state(lm: LMModel, fmt: str, progress: Callable[[int], None] | None =
             if tensor.shape[-1] % group:
                 raise ValueError(f"{name}: input size {tensor.shape[-1]} is not a multiple of the {fmt} group size {group}")
             # Round the weight to bf16 first (moshi_mlx's set_dtype), then quantize it as nn.quantize would.
-            codes, scales, biases = quantize_affine(tensor.to(torch.bfloat16).float(), bits, group)
+            codes, scales, biases = quantize_affine(tensor.to(torch.bfloat16), bits, group, torch.bfloat16)
             base = name[: -len(".weight")]
             out[name] = pack_codes(codes, bits)
-            out[f"{base}.scales"] = scales.to(torch.bfloat16)
-            out[f"{base}.biases"] = biases.to(torch.bfloat16)
+            out[f"{base}.scales"] = scales
+            out[f"{base}.biases"] = biases
         if progress is not None:
             progress(1)
     return out

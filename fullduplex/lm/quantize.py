@@ -5,7 +5,7 @@
 =========  =====================================================  ==========================================
 mode       linear layers (temporal, depth per step, heads)        embeddings (audio, text, depth inputs)
 =========  =====================================================  ==========================================
-``int8``   int8, one scale per output channel (``Int8Linear``)     8-bit affine codes, groups of 64
+``int8``   int8, one scale per output channel (``Int8Linear``)     8-bit affine codes, groups of 64 (or 32)
 ``int4``   4-bit affine codes, groups of 32 (``Int4Linear``)       4-bit affine codes, groups of 32
 =========  =====================================================  ==========================================
 
@@ -149,7 +149,7 @@ def quantized_linear(value: torch.Tensor | AffineWeight, mode: str, name: str, d
     """The quantized layer for a linear weight [N, K] (float, or MLX codes) on ``device``."""
     if isinstance(value, AffineWeight):
         value = value.to(device)
-        if mode == "int4" and value.bits == 4 and value.group_size in (32, 64, 128, 256):
+        if mode == "int4" and value.bits == 4 and value.group_size == INT4_GROUP:
             return Int4Linear.from_affine(value.codes, value.scales, value.biases, name)
         value = value.dequantize(torch.float32)  # another grid: requantize from the exact values
     value = value.to(device)
@@ -160,10 +160,10 @@ def quantized_linear(value: torch.Tensor | AffineWeight, mode: str, name: str, d
 
 def quantized_embedding(value: torch.Tensor | AffineWeight, mode: str, dtype: torch.dtype, device: torch.device, name: str) -> QuantEmbedding:
     bits, group = embedding_group(mode, value.shape[-1], name)
-    if isinstance(value, AffineWeight) and value.bits == bits:
+    if isinstance(value, AffineWeight) and (value.bits, value.group_size) == (bits, group):
         return QuantEmbedding.from_affine(value.to(device), dtype)
     w = as_float(value, torch.float32).to(device)
-    return QuantEmbedding.from_affine(AffineWeight(*quantize_affine(w, bits, group), bits), dtype)
+    return QuantEmbedding.from_affine(AffineWeight(*quantize_affine(w, bits, group, dtype), bits), dtype)
 
 
 # --- the model ------------------------------------------------------------------------------------------

@@ -31,19 +31,24 @@ COMPUTE_DTYPE = torch.bfloat16  # what the int8 / int4 kernels take as activatio
 
 
 # --- affine group codes (pure functions) -------------------------------------------------------------------
-def quantize_affine(weight: torch.Tensor, bits: int, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``weight`` [..., K] → (codes uint8 [..., K], scales [..., K/G], biases [..., K/G]) in ``weight``'s dtype,
-    with ``weight ≈ codes * scale + bias``: each group spans its min..max in ``2**bits - 1`` steps, so the error
-    is at most half a step (plus the rounding of scale and bias to their dtype)."""
+def quantize_affine(
+    weight: torch.Tensor, bits: int, group_size: int, dtype: torch.dtype | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``weight`` [..., K] → (codes uint8 [..., K], scales [..., K/G], biases [..., K/G]) with
+    ``weight ≈ codes * scale + bias``: each group spans its min..max in ``2**bits - 1`` steps. Scales and biases
+    are rounded to ``dtype`` (default ``weight``'s) *before* the codes are chosen, so the error stays within
+    half a step of the stored scale (one step at most for a group's extremes)."""
     K = weight.shape[-1]
     if K % group_size:
         raise ValueError(f"last dimension {K} is not a multiple of the quantization group size {group_size}")
+    dtype = dtype or weight.dtype
     levels = 2**bits - 1
     w = weight.float().unflatten(-1, (K // group_size, group_size))  # [..., K/G, G]
     low, high = w.amin(-1), w.amax(-1)
-    scales = ((high - low) / levels).clamp(min=1e-12)
-    codes = torch.round((w - low[..., None]) / scales[..., None]).clamp_(0, levels).to(torch.uint8).flatten(-2)
-    return codes, scales.to(weight.dtype), low.to(weight.dtype)
+    scales = ((high - low) / levels).clamp(min=1e-12).to(dtype)
+    biases = low.to(dtype)
+    codes = torch.round((w - biases.float()[..., None]) / scales.float()[..., None]).clamp_(0, levels)
+    return codes.to(torch.uint8).flatten(-2), scales, biases
 
 
 def dequantize_affine(
@@ -102,9 +107,9 @@ class Int8Linear(nn.Module):
         N, K = weight.shape
         layer = cls(K, N, device=weight.device)
         w = weight.detach().float()
-        scales = (w.abs().amax(1) / 127).clamp(min=1e-12)
-        layer.weight.copy_(torch.round(w / scales[:, None]).clamp_(-127, 127).to(torch.int8))
-        layer.scales.copy_(scales.to(COMPUTE_DTYPE))
+        scales = (w.abs().amax(1) / 127).clamp(min=1e-12).to(COMPUTE_DTYPE)  # codes are rounded on the stored scale
+        layer.weight.copy_(torch.round(w / scales.float()[:, None]).clamp_(-127, 127).to(torch.int8))
+        layer.scales.copy_(scales)
         return layer
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
