@@ -7,6 +7,8 @@ give the reference's greedy tokens even from identical fp32 weights.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -215,7 +217,12 @@ def test_export_loads_in_moshi_mlx_strict_and_round_trips(files, fmt, tmp_path):
     path = fd.save_mlx(ours, out, fmt)
     short = fmt.removeprefix("mlx-")
     assert path.name == {"q8": "model.q8.safetensors", "q4": "model.q4.safetensors", "bf16": "model.safetensors"}[short]
-    model, _ = mlx_model(short)
+    # moshi_mlx's own loading path: its LmConfig from the config.json we wrote, bf16, nn.quantize, strict.
+    cfg = mlx_lm.LmConfig.from_config_dict(json.loads((out / "config.json").read_text()))
+    model = mlx_lm.Lm(cfg)
+    model.set_dtype(mx.bfloat16)
+    if QUANT[short]:
+        mlx_nn.quantize(model, bits=QUANT[short][0], group_size=QUANT[short][1])
     model.load_weights(str(path), strict=True)
     # 8-bit steps are finer than bf16's own rounding at the larger weights: compare the codes' exact values.
     loaded = dequantized_params(model, short, exact=True)
