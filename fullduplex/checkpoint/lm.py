@@ -168,7 +168,8 @@ def load_lm(
     ``hf://OWNER/REPO`` or ``hf://OWNER/REPO/FILE``; None uses ``hf_repo`` (default
     ``kyutai/moshiko-pytorch-bf16``). ``config``: an :class:`LMConfig`, a preset name, or a ``config.json`` path;
     default: the repo's or folder's ``config.json``, else the 7B moshiko architecture. ``dtype``: default bfloat16
-    on CUDA, float32 on CPU; bf16 and fp32 files both load. Weights are converted one tensor at a time into a
+    on CUDA and for MLX files (their values are bf16), float32 for PyTorch files on CPU; bf16 and fp32 files
+    both load. Weights are converted one tensor at a time into a
     model built on the meta device, so memory never holds two copies. Mismatches name keys and shapes.
 
     The format is read from the keys: MLX files (``audio_embs.*``, ``depformer.slices.*``) are mapped to our
@@ -191,9 +192,10 @@ def load_lm(
         config = read_lm_config(config)
     config = config or repo_config or LMConfig()
     device = torch.device(device)
-    if dtype is None:
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     keys = checkpoint_keys(path)
+    mlx = keys is not None and is_mlx_keys(keys)
+    if dtype is None:  # MLX files hold bf16 values (dequantized in bf16): wider adds nothing but memory
+        dtype = torch.bfloat16 if device.type == "cuda" or mlx else torch.float32
     if keys is not None and any(k in keys for k in MIMI_MARKERS):
         raise CheckpointError(f"{path} is a Mimi checkpoint, not the LM; pass the LM file ({MOSHI_NAME})")
     with torch.device("meta"):
@@ -201,7 +203,7 @@ def load_lm(
     builder = StateBuilder(model, quantize, dtype, device)
     if quantize:  # before reading: a size that does not fit the groups fails at once
         quantized_skeleton(model, quantize, device, dtype)
-    if keys is not None and is_mlx_keys(keys):
+    if mlx:
         unknown = read_mlx(path, builder)
     else:
         _, unknown = from_released(iter_state_dict(path), config.dep_q, dtype, put=builder.add)
