@@ -22,12 +22,14 @@ int4 kernel layout differs between CPU and CUDA.
 from __future__ import annotations
 
 import functools
+import sys
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 COMPUTE_DTYPE = torch.bfloat16  # what the int8 / int4 kernels take as activations
+LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 # --- affine group codes (pure functions) -------------------------------------------------------------------
@@ -67,6 +69,9 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     per = 32 // bits
     if codes.shape[-1] % per:
         raise ValueError(f"last dimension {codes.shape[-1]} is not a multiple of {per} ({bits}-bit codes per word)")
+    if LITTLE_ENDIAN and bits in (4, 8):  # a word's lowest bits are its first byte: reinterpret, no arithmetic
+        packed = codes if bits == 8 else pack_nibbles(codes)
+        return packed.contiguous().view(torch.uint32)
     q = codes.to(torch.int64).unflatten(-1, (-1, per))
     shifts = torch.arange(per, device=codes.device, dtype=torch.int64) * bits
     words = (q << shifts).sum(-1)  # < 2**32: fits int64; int32 wraps to the same bits
@@ -75,6 +80,9 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 def unpack_codes(words: torch.Tensor, bits: int) -> torch.Tensor:
     """MLX words uint32 [..., P] → codes uint8 [..., P * 32 / bits]."""
+    if LITTLE_ENDIAN and bits in (4, 8):
+        data = words.contiguous().view(torch.uint8)
+        return data if bits == 8 else unpack_nibbles(data)
     per = 32 // bits
     w = words.view(torch.int32)[..., None]
     shifts = torch.arange(per, device=words.device, dtype=torch.int32) * bits
