@@ -122,12 +122,13 @@ def resolve_lm(path_or_hf: str | Path | None = None, hf_repo: str | None = None)
         config = None if raw is None else _config_from_dict(raw, f"{repo}/config.json")
         if (raw or {}).get("moshi_name"):
             return hf_download(repo, raw["moshi_name"], try_network=reachable), config
+        errors = []
         for name in LM_NAMES:
             try:
                 return hf_download(repo, name, try_network=reachable), config
             except CheckpointError as e:
-                error = e
-        raise error
+                errors.append(e)
+        raise errors[0]  # about the usual name
     folder = Path(text.removeprefix("file://")).expanduser()
     raw = None
     if (folder / "config.json").is_file():

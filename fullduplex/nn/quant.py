@@ -96,7 +96,10 @@ def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
 
 def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`pack_nibbles`."""
-    return torch.stack([packed & 15, packed >> 4], dim=-1).flatten(-2)
+    out = torch.empty(*packed.shape[:-1], 2 * packed.shape[-1], dtype=torch.uint8, device=packed.device)
+    torch.bitwise_and(packed, 15, out=out[..., 0::2])
+    torch.bitwise_right_shift(packed, 4, out=out[..., 1::2])
+    return out
 
 
 # --- int8 ---------------------------------------------------------------------------------------------------
@@ -126,7 +129,8 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)
         if x.device.type == "cpu":
-            y = torch.ops.aten._weight_int8pack_mm(x2.to(COMPUTE_DTYPE), self.weight, self.scales)
+            # .to() is free when the model was not cast after quantization (scales are made in bf16)
+            y = torch.ops.aten._weight_int8pack_mm(x2.to(COMPUTE_DTYPE), self.weight, self.scales.to(COMPUTE_DTYPE))
         else:
             y = F.linear(x2, self.weight.to(x.dtype)) * self.scales.to(x.dtype)
         return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
@@ -236,10 +240,11 @@ class Int4Linear(nn.Module):
         if x.device.type != self.layout:
             raise RuntimeError(f"int4 weights were packed for {self.layout}; quantize the model on {x.device.type}")
         x2 = x.reshape(-1, self.in_features).to(COMPUTE_DTYPE)
+        sz = self.scales_and_zeros.to(COMPUTE_DTYPE)
         if self.layout == "cuda":
-            y = torch.ops.aten._weight_int4pack_mm(x2, self.weight, self.group_size, self.scales_and_zeros)
+            y = torch.ops.aten._weight_int4pack_mm(x2, self.weight, self.group_size, sz)
         else:
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.weight, self.group_size, self.scales_and_zeros)
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.weight, self.group_size, sz)
         return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
