@@ -51,7 +51,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, seed_help: str = "rando
     run.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)")
     run.add_argument(
         "--dtype", choices=sorted(DTYPES), default=None,
-        help="LM weights and compute (default: bfloat16 on CUDA, float32 on CPU; Mimi stays float32)",
+        help="LM weights and compute (default: bfloat16 on CUDA and for MLX files, else float32; Mimi stays float32)",
     )
     run.add_argument(
         "--quantize", choices=["int8", "int4"], default=None,
