@@ -20,12 +20,14 @@ from ..errors import CheckpointError
 from ..lm.config import LMConfig
 from ..lm.model import LMModel
 from ..lm.quantize import check_mode, quantized_skeleton
+from ..lm.quantize import quantize as quantize_lm
 from .builder import StateBuilder
 from .mlx import is_mlx_keys, read_mlx
 from .resolve import DEFAULT_REPO, hf_download, repo_config, resolve_file
 from .state import SAFETENSORS_SUFFIXES, assign_weights, check_state_dict, iter_state_dict, write_safetensors
 
 MOSHI_NAME = "model.safetensors"
+LORA_NAME = "lora.safetensors"
 # The LM file names of released repos, tried in this order when a repo's config.json names none (the MLX repos
 # kyutai/moshiko-mlx-q8 / -q4 hold model.q8 / model.q4). The format itself is read from the keys.
 LM_NAMES = (MOSHI_NAME, "model.q8.safetensors", "model.q4.safetensors")
@@ -148,6 +150,41 @@ def resolve_lm(path_or_hf: str | Path | None = None, hf_repo: str | None = None)
     return resolve_file(path_or_hf if path_or_hf is not None else text, MOSHI_NAME), config
 
 
+def resolve_lora(path_or_hf: str | Path | None = None, hf_repo: str | None = None) -> tuple[Path, float] | None:
+    """(adapter file, scaling) when the folder's or repo's ``config.json`` says ``"lora": true`` (what
+    moshi-finetune and ``fullduplex export --keep-lora`` write: ``lora_name``, default ``lora.safetensors``, and
+    ``lora_scaling``, default 2.0); None otherwise, and for a plain weights file."""
+    text = str(path_or_hf) if path_or_hf is not None else f"hf://{hf_repo or DEFAULT_REPO}"
+    if text.startswith("hf://"):
+        repo = text[len("hf://") :].strip("/")
+        if len(repo.split("/")) != 2:
+            return None
+        raw, reachable = repo_config(repo)
+        if not raw or not raw.get("lora"):
+            return None
+        return hf_download(repo, raw.get("lora_name") or LORA_NAME, try_network=reachable), _lora_scaling(raw)
+    folder = Path(text.removeprefix("file://")).expanduser()
+    if not (folder / "config.json").is_file():
+        return None
+    try:
+        raw = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"could not read {folder / 'config.json'}: {e}") from None
+    if not isinstance(raw, dict) or not raw.get("lora"):
+        return None
+    lora = folder / (raw.get("lora_name") or LORA_NAME)
+    if not lora.is_file():
+        raise CheckpointError(f"{folder / 'config.json'} names LoRA weights {lora.name}, which are not in {folder}")
+    return lora, _lora_scaling(raw)
+
+
+def _lora_scaling(raw: dict) -> float:
+    value = raw.get("lora_scaling", 2.0)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise CheckpointError(f"config.json: lora_scaling must be a number, got {value!r}")
+    return float(value)
+
+
 def _config_from_dict(raw: dict, source: str) -> LMConfig:
     try:
         return LMConfig.from_moshi_dict(raw, source=source)
@@ -161,6 +198,8 @@ def load_lm(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     hf_repo: str | None = None,
+    lora_weight: str | Path | None = None,
+    lora_scaling: float | None = None,
     quantize: str | None = None,
 ) -> LMModel:
     """Build the Moshi LM from a released-format (PyTorch) or MLX (bf16, q8, q4) checkpoint.
@@ -173,14 +212,18 @@ def load_lm(
     both load. Weights are converted one tensor at a time into a
     model built on the meta device, so memory never holds two copies. Mismatches name keys and shapes.
 
+    LoRA: a moshi-finetune ``lora.safetensors`` given as ``lora_weight`` (scaling ``lora_scaling``, default 2.0),
+    or named by the folder's or repo's ``config.json`` (``"lora": true``), is folded into the weights.
+
     The format is read from the keys: MLX files (``audio_embs.*``, ``depformer.slices.*``) are mapped to our
     layout (:mod:`fullduplex.checkpoint.mlx`), their quantized tensors dequantized one at a time to ``dtype``
     exactly as ``mlx.core.dequantize`` does. ``quantize`` ("int8" / "int4", see
-    :func:`fullduplex.lm.quantize.quantize`) converts each tensor into quantized layers as it is read; MLX 4-bit
-    codes run as they are under "int4".
+    :func:`fullduplex.lm.quantize.quantize`) converts each tensor into quantized layers as it is read (with LoRA:
+    after folding it into the float weights, layer by layer); MLX 4-bit codes run as they are under "int4".
     """
     if quantize is not None:
         check_mode(quantize)
+    lora = resolve_lora(path_or_hf, hf_repo) if lora_weight is None else (Path(lora_weight), 2.0)
     path, repo_config = resolve_lm(path_or_hf, hf_repo)
     if isinstance(config, str) and not config.endswith(".json"):
         from ..lm.config import lm_preset
@@ -201,9 +244,11 @@ def load_lm(
         raise CheckpointError(f"{path} is a Mimi checkpoint, not the LM; pass the LM file ({MOSHI_NAME})")
     with torch.device("meta"):
         model = LMModel(config)
-    builder = StateBuilder(model, quantize, dtype, device)
-    if quantize:  # before reading: a size that does not fit the groups fails at once
-        quantized_skeleton(model, quantize, device, dtype)
+    # LoRA is folded into float weights: with an adapter the model is loaded in float and quantized after.
+    quantize_now = quantize if lora is None else None
+    builder = StateBuilder(model, quantize_now, dtype, device)
+    if quantize_now:  # before reading: a size that does not fit the groups fails at once
+        quantized_skeleton(model, quantize_now, device, dtype)
     if mlx:
         unknown = read_mlx(path, builder)
     else:
@@ -218,7 +263,14 @@ def load_lm(
         model, state, unknown, str(path), "LM",
         "is the architecture right? Pass the checkpoint's config.json (--config) or the matching preset",
     )
-    return assign_weights(model, state, device)
+    model = assign_weights(model, state, device)
+    if lora is not None:
+        from .lora import apply_lora_file
+
+        apply_lora_file(model, lora[0], lora[1] if lora_scaling is None else lora_scaling)
+        if quantize:
+            quantize_lm(model, quantize)
+    return model
 
 
 def checkpoint_keys(path: Path) -> set[str] | None:

@@ -1,4 +1,5 @@
-"""``fullduplex eval turns|codec|latency``: measure conversations, the codec and a live server.
+"""``fullduplex eval turns|codec|latency|behaviour``: measure conversations, the codec, a live server and the
+model's behaviour (``behaviour`` lives in :mod:`fullduplex.cli.behaviour`).
 
 Each action writes a report folder (``--output DIR``, created if needed): ``report.json``, ``report.md`` (a
 Markdown summary) and PNG plots, all renamed into place together once every one is written. A file that cannot be
@@ -104,12 +105,13 @@ def vad_from_args(args: argparse.Namespace) -> VadSettings:
 def register(subparsers: Any) -> None:
     """Add ``eval`` with its actions."""
     parser = subparsers.add_parser(
-        "eval", help="measure: turn-taking statistics, codec quality, server latency",
+        "eval", help="measure: turn-taking statistics, codec quality, server latency, behaviour probes",
         description="Measure conversations, the codec and a live server; each action writes a report folder "
         "(JSON, Markdown, PNG plots).",
         epilog="examples:\n  fullduplex eval turns dialogue.wav --output report/\n"
         "  fullduplex eval codec speech/ --codebooks 8 16 32 --output codec-report/\n"
-        "  fullduplex eval latency --url ws://gpu-box:8998 --input user.wav --sessions 4 --output latency/",
+        "  fullduplex eval latency --url ws://gpu-box:8998 --input user.wav --sessions 4 --output latency/\n"
+        "  fullduplex eval behaviour --speech question.wav --output behaviour/",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -167,6 +169,9 @@ def register(subparsers: Any) -> None:
                          help="level: RMS of a 30 ms frame of the reply that counts as active (default: -40)")
     latency.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     latency.set_defaults(func=latency_command)
+    from .behaviour import add_parser as add_behaviour_parser
+
+    add_behaviour_parser(actions, add_vad_arguments)
 
 
 def files_progress(total: int, desc: str, quiet: bool) -> tqdm:

@@ -24,7 +24,8 @@ from ..errors import FullduplexError
 # Modules that register a subcommand, in the order ``--help`` lists them. Add ``generate``, ``serve``, ... here.
 COMMANDS: tuple[str, ...] = (
     "fullduplex.cli.codec", "fullduplex.cli.generate", "fullduplex.cli.serve", "fullduplex.cli.client",
-    "fullduplex.cli.data", "fullduplex.cli.eval", "fullduplex.cli.convert",
+    "fullduplex.cli.tokenizer", "fullduplex.cli.adapt", "fullduplex.cli.data", "fullduplex.cli.train",
+    "fullduplex.cli.eval", "fullduplex.cli.convert",
 )
 
 EXIT_ERROR = 2

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoint.lm import load_lm, resolve_lm
+from ..checkpoint.lm import load_lm, resolve_lm, resolve_lora
 from ..checkpoint.mimi import load_mimi, resolve_mimi
 from ..checkpoint.resolve import DEFAULT_REPO
 from ..codec.config import PRESETS as MIMI_PRESETS
@@ -36,6 +36,13 @@ def add_model_arguments(parser: argparse.ArgumentParser, seed_help: str = "rando
         help=f"LM architecture: a preset ({', '.join(sorted(LM_PRESETS))}) or a moshi config.json "
         "(default: the checkpoint folder's or repo's config.json, else moshiko 7B)",
     )
+    ckpt.add_argument(
+        "--lora-weight", metavar="FILE",
+        help="moshi-finetune LoRA adapters (lora.safetensors) to fold into the LM (default: the one a folder's or "
+        "repo's config.json names with \"lora\": true)",
+    )
+    ckpt.add_argument("--lora-scaling", type=float, default=None, metavar="S",
+                      help="LoRA scaling (default: the config.json's lora_scaling, else 2.0)")
     ckpt.add_argument(
         "--mimi-config", metavar="PRESET_OR_JSON",
         help=f"Mimi architecture: a preset ({', '.join(sorted(MIMI_PRESETS))}) or a JSON mimi_config dict "
@@ -82,8 +89,11 @@ def load_models(args: argparse.Namespace) -> Models:
     device = resolve_device(args.device)
     tokenizer = TextTokenizer.load(args.tokenizer, hf_repo=args.hf_repo)
     lm_path, repo_config = resolve_lm(args.moshi_weight, args.hf_repo)
+    lora = (Path(args.lora_weight), 2.0) if args.lora_weight else resolve_lora(args.moshi_weight, args.hf_repo)
     lm = load_lm(
         lm_path, config=args.config or repo_config, device=device, dtype=DTYPES.get(args.dtype or ""),
+        lora_weight=lora[0] if lora else None,
+        lora_scaling=args.lora_scaling if args.lora_scaling is not None else (lora[1] if lora else None),
         quantize=getattr(args, "quantize", None),
     )
     mimi_path = resolve_mimi(args.mimi_weight, args.hf_repo)

@@ -24,7 +24,7 @@ import torch
 from ..atomic import atomic_output
 from ..errors import AudioError
 
-__all__ = ["read_audio", "read_audio_info", "resample", "write_wav"]
+__all__ = ["read_audio", "read_audio_channels", "read_audio_info", "resample", "write_wav"]
 
 T = TypeVar("T")
 
@@ -55,8 +55,9 @@ def read_audio(path: str | os.PathLike[str], sample_rate: int = 24000) -> torch.
     return wav
 
 
-def read_audio_info(path: str | os.PathLike[str], sample_rate: int = 24000) -> tuple[torch.Tensor, int, int]:
-    """Like :func:`read_audio`, also returning the file's own sample rate (Hz) and channel count."""
+def read_audio_channels(path: str | os.PathLike[str], sample_rate: int = 24000) -> tuple[torch.Tensor, int]:
+    """Every channel of an audio file, resampled to ``sample_rate``: (float32 [C, S], the file's own rate in Hz).
+    :class:`AudioError` for a missing, unreadable or empty file, or one holding NaN or infinite samples."""
     import sphn
 
     path = Path(path)
@@ -79,11 +80,17 @@ def read_audio_info(path: str | os.PathLike[str], sample_rate: int = 24000) -> t
     if src_rate <= 0:
         raise AudioError(f"audio file {path} has an invalid sample rate ({src_rate})")
     wav = torch.from_numpy(np.ascontiguousarray(data))
+    return resample(wav, int(src_rate), sample_rate).contiguous(), int(src_rate)
+
+
+def read_audio_info(path: str | os.PathLike[str], sample_rate: int = 24000) -> tuple[torch.Tensor, int, int]:
+    """Like :func:`read_audio`, also returning the file's own sample rate (Hz) and channel count."""
+    wav, src_rate = read_audio_channels(path, sample_rate)
+    channels = wav.shape[0]
     if channels > 1:
         warnings.warn(f"{path}: {channels} channels mixed down to mono", UserWarning, stacklevel=2)
         wav = wav.mean(dim=0, keepdim=True)
-    wav = resample(wav, int(src_rate), sample_rate)
-    return wav.contiguous(), int(src_rate), int(channels)
+    return wav.contiguous(), src_rate, channels
 
 
 def resample(wav: torch.Tensor, src_rate: int, dst_rate: int) -> torch.Tensor:

@@ -30,12 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..atomic import atomic_output
-from ..codec.audio import resample
-from ..errors import AudioError, FullduplexError
+from ..codec.audio import read_audio_channels
+from ..errors import FullduplexError
 from ..text.tokenizer import Word
 
 LEFT_SPEAKER = "SPEAKER_MAIN"
@@ -236,27 +235,13 @@ def side_words(words: Sequence[AlignedWord], side: str) -> list[Word]:
 # --- stereo audio ---------------------------------------------------------------------------------------------
 def read_stereo(path: str | os.PathLike[str], sample_rate: int) -> torch.Tensor:
     """A stereo file as float32 ``[2, S]`` at ``sample_rate`` Hz (row 0 left, row 1 right). Raises
-    :class:`DataError` for a file that is not exactly two channels, :class:`AudioError` for one that cannot be
-    read."""
-    import sphn
-
+    :class:`DataError` for a missing file or one that is not exactly two channels, :class:`AudioError` for one that
+    cannot be read."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"audio file not found: {path}")
-    try:
-        data, rate = sphn.read(str(path))
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException as e:  # sphn raises ValueError / OSError, or pyo3's PanicException (a BaseException)
-        raise AudioError(f"could not read audio file {path}: {' '.join(str(e).split()) or type(e).__name__}") from None
-    data = np.asarray(data, dtype=np.float32)
-    if data.ndim == 1:
-        data = data[None]
-    if data.shape[0] != 2:
-        raise DataError(f"{path} has {data.shape[0]} channel{'s' * (data.shape[0] != 1)}; expected stereo (left: the "
+    wav, _ = read_audio_channels(path, sample_rate)
+    if wav.shape[0] != 2:
+        raise DataError(f"{path} has {wav.shape[0]} channel{'s' * (wav.shape[0] != 1)}; expected stereo (left: the "
                         "speaker the model learns to be, right: the other speaker)")
-    if data.shape[1] == 0:
-        raise DataError(f"{path} holds no samples")
-    if not np.isfinite(data).all():
-        raise DataError(f"{path} holds NaN or infinite samples")
-    return resample(torch.from_numpy(np.ascontiguousarray(data)), int(rate), sample_rate)
+    return wav

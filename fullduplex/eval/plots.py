@@ -145,3 +145,47 @@ def metric_bars(means: dict[str, dict[int, float | None]], path: Path, title: st
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=110)
     plt.close(fig)
+
+
+def probe_timelines(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
+    """Behaviour probes, one panel each: the user's speech (top row) and the model's (bottom row) over the
+    probe's duration; ``marks`` (name -> seconds) as labelled vertical lines, ``spans`` (name -> (start, end)) as
+    shaded bands, ``highlight`` (intervals of the model's row) hatched. Each row: ``label``, ``duration``,
+    ``user``, ``model``, ``marks``, ``spans``, ``highlight``."""
+    from matplotlib.patches import Patch
+
+    plt = _pyplot()
+    width = min(max(9.0, max(r["duration"] for r in rows) / 2.5), 20.0)
+    fig, axes = plt.subplots(len(rows), 1, figsize=(width, 1.0 + 1.35 * len(rows)), squeeze=False)
+    mark_colours = ["#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2"]
+    for ax, row in zip(axes[:, 0], rows, strict=True):
+        for name, (s, e) in row.get("spans", {}).items():
+            ax.axvspan(s, e, color="#bbbbbb", alpha=0.35, linewidth=0)
+            ax.annotate(f"{name} {e - s:.2f} s", ((s + e) / 2, 1.4), ha="center", va="bottom", fontsize=7,
+                        color="#555555")
+        ax.broken_barh(_bars(row["user"]), (0.65, 0.6), facecolors=COLOURS["speaker1"])
+        ax.broken_barh(_bars(row["model"]), (-0.25, 0.6), facecolors=COLOURS["speaker0"])
+        if row.get("highlight"):
+            ax.broken_barh(_bars(row["highlight"]), (-0.25, 0.6), facecolors=COLOURS["speaker0"],
+                           edgecolors=COLOURS["backchannel"], hatch="////", linewidth=1.0)
+        for i, (name, x) in enumerate(row.get("marks", {}).items()):
+            colour = mark_colours[i % len(mark_colours)]
+            ax.axvline(x, color=colour, linestyle="--", linewidth=1.2, label=f"{name} {x:.2f} s")
+        if row.get("marks"):
+            ax.legend(loc="center left", bbox_to_anchor=(1.005, 0.5), frameon=False, fontsize=7)
+        ax.set_yticks([0.95, 0.05], ["user", "model"])
+        ax.set_ylim(-0.6, 1.7)
+        ax.set_xlim(0, row["duration"])
+        ax.set_title(row["label"], fontsize=9, loc="left")
+        ax.grid(axis="x", alpha=0.3)
+    axes[-1, 0].set_xlabel("time (s)")
+    handles = [Patch(color=COLOURS["speaker1"], label="user speech"),
+               Patch(color=COLOURS["speaker0"], label="model speech (VAD IPUs)")]
+    if any(r.get("highlight") for r in rows):
+        handles.append(Patch(facecolor="white", edgecolor=COLOURS["backchannel"], hatch="////", label="backchannel"))
+    fig.suptitle(title, x=0.01, ha="left", fontsize=10)
+    margin = 0.3 / fig.get_figheight()  # inches kept for the legend below the panels
+    fig.tight_layout(rect=(0, margin, 1, 1))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=8)
+    fig.savefig(path, format="png", dpi=110)
+    plt.close(fig)

@@ -24,14 +24,11 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from ..codec.audio import resample
-from ..errors import AudioError
+from ..codec.audio import read_audio_channels
 from .turns import Interval
 
 METHODS = ("silero", "webrtc", "level")
@@ -138,31 +135,8 @@ def speech_intervals(wav: np.ndarray, settings: VadSettings) -> list[Interval]:
 
 
 def read_channels(path: str | os.PathLike[str], sample_rate: int = 16000) -> np.ndarray:
-    """Every channel of an audio file as float32 [C, S] at ``sample_rate`` (resampled as
-    :func:`~fullduplex.codec.audio.resample` does). :class:`AudioError` for a missing, unreadable or empty file, or
-    one holding NaN or infinite samples."""
-    import sphn
+    """Every channel of an audio file as float32 [C, S] at ``sample_rate``
+    (:func:`~fullduplex.codec.audio.read_audio_channels`). :class:`AudioError` for a missing, unreadable or empty
+    file, or one holding NaN or infinite samples."""
+    return read_audio_channels(path, sample_rate)[0].numpy()
 
-    path = Path(path)
-    if path.is_dir():
-        raise AudioError(f"{path} is a folder, not an audio file")
-    if not path.is_file():
-        raise AudioError(f"audio file not found: {path}")
-    if path.stat().st_size == 0:
-        raise AudioError(f"audio file {path} is empty (0 bytes)")
-    try:
-        data, rate = sphn.read(str(path))
-    except (KeyboardInterrupt, SystemExit, GeneratorExit):
-        raise
-    except BaseException as e:  # sphn raises ValueError / OSError, or pyo3's PanicException (a BaseException)
-        detail = " ".join(str(e).split()) or type(e).__name__
-        raise AudioError(f"could not read audio file {path}: {detail}") from None
-    data = np.asarray(data, dtype=np.float32)
-    data = data[None] if data.ndim == 1 else data
-    if data.size == 0:
-        raise AudioError(f"audio file {path} holds no samples")
-    if not np.isfinite(data).all():
-        raise AudioError(f"audio file {path} holds NaN or infinite samples; fix or re-export it")
-    if rate <= 0:
-        raise AudioError(f"audio file {path} has an invalid sample rate ({rate})")
-    return resample(torch.from_numpy(np.ascontiguousarray(data)), int(rate), sample_rate).numpy()

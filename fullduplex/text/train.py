@@ -20,6 +20,7 @@ The LM's initial text token is ``vocab_size`` itself, outside the SentencePiece 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -40,7 +41,7 @@ class TokenizerTrainingError(FullduplexError, ValueError):
 
 
 def train_tokenizer(
-    texts: Iterable[str] | str | os.PathLike[str],
+    texts: Iterable[str] | str | os.PathLike[str] | list[os.PathLike[str]],
     output_prefix: str | os.PathLike[str],
     vocab_size: int,
     model_type: Literal["unigram", "bpe"] = "unigram",
@@ -52,7 +53,7 @@ def train_tokenizer(
     """Train a SentencePiece model with the Moshi special ids and write ``{output_prefix}.model`` and ``.vocab``.
 
     ``texts``: sentences (one string each; an iterable is read once), or the path of a UTF-8 text file with one
-    sentence per line (a single ``str`` is always taken as a path). ``vocab_size`` counts the four special pieces
+    sentence per line (a single ``str`` is always taken as a path), or a list of such paths as ``Path`` objects. ``vocab_size`` counts the four special pieces
     and becomes the LM's ``text_card``. ``options`` go to ``SentencePieceTrainer.train`` as they are (e.g.
     ``split_by_whitespace=False`` for Japanese, ``input_sentence_size``, ``num_threads``). Returns the trained
     tokenizer, loaded from the written file. Raises :class:`TokenizerTrainingError` with SentencePiece's reason
@@ -66,11 +67,16 @@ def train_tokenizer(
     prefix.parent.mkdir(parents=True, exist_ok=True)
     source: dict[str, Any]
     if isinstance(texts, (str, os.PathLike)):
-        path = Path(texts)
-        if not path.is_file():
-            raise TokenizerTrainingError(f"training text file not found: {path}")
-        source = {"input": str(path)}
-        described = str(path)
+        texts = [Path(texts)]
+    if isinstance(texts, (list, tuple)) and texts and all(isinstance(t, os.PathLike) for t in texts):
+        paths = [Path(t) for t in texts]
+        for path in paths:
+            if not path.is_file():
+                raise TokenizerTrainingError(f"training text file not found: {path}")
+            if "," in str(path):  # SentencePiece reads its input as a comma-separated list of files
+                raise TokenizerTrainingError(f"{path}: SentencePiece cannot read a file whose path holds a comma")
+        source = {"input": ",".join(str(p) for p in paths)}
+        described = ", ".join(str(p) for p in paths)
     else:
         # Newlines inside an item would be read as one long sentence; the trainer wants one sentence per item.
         source = {"sentence_iterator": (line for text in texts for line in text.splitlines() if line.strip())}
@@ -93,7 +99,13 @@ def train_tokenizer(
     try:
         spm.SentencePieceTrainer.train(**source, **settings)
     except (RuntimeError, OSError) as e:
-        reason = "there is no text to train on" if "sentences_.empty()" in str(e) else str(e)
+        reason = str(e)
+        if "sentences_.empty()" in reason:
+            reason = "there is no text to train on"
+        else:  # drop SentencePiece's source location and the assertion's code: "INTERNAL: x.cc(744) [...] "
+            reason = re.sub(r"^\w+: \S+\(\d+\) \[.*\] ", "", reason)
+            if "Vocabulary size too high" in reason:
+                reason += " (or give more text)"
         raise TokenizerTrainingError(
             f"SentencePiece could not train a {model_type} tokenizer of {vocab_size} pieces from {described}: {reason}"
         ) from None

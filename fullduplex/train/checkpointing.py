@@ -1,0 +1,112 @@
+"""Training checkpoints: what a run needs to resume exactly, written atomically, pruned, with the best one kept.
+
+``RUN/checkpoints/step_000400/``:
+
+- ``trainable.safetensors``: the trained tensors in our state-dict names, float32 — the adapters
+  (``*.lora_A``, ``*.lora_B``) of a LoRA run, else the whole model;
+- ``optimizer.pt``: AdamW state as a full, name-keyed state dict (resumable on another world size);
+- ``state.json``: step, validation position, best validation loss so far, world size, scheduler state;
+- ``rng.pt``: per rank, the torch (CPU and CUDA), Python and NumPy generator states.
+
+A checkpoint is written into a hidden temporary folder and renamed into place, so a kill leaves either the
+whole checkpoint or none. ``RUN/best.json`` names the step with the lowest validation loss; that step is never
+pruned.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..atomic import atomic_output
+
+CHECKPOINTS = "checkpoints"
+BEST = "best.json"
+
+
+def step_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / CHECKPOINTS / f"step_{step:06d}"
+
+
+def list_checkpoints(run_dir: Path) -> list[int]:
+    """Steps of the complete checkpoints of a run, ascending."""
+    folder = run_dir / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    steps = []
+    for p in folder.glob("step_*"):
+        if (p / "state.json").is_file() and p.name[5:].isdigit():
+            steps.append(int(p.name[5:]))
+    return sorted(steps)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    run_dir: Path, step: int, trainable: dict[str, torch.Tensor], optimizer: dict[str, Any], state: dict[str, Any],
+    rngs: list[dict[str, Any]],
+) -> Path:
+    """Write one checkpoint (rank 0 only) atomically; returns its folder."""
+    final = step_dir(run_dir, step)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        save_file({k: v.detach().float().contiguous().cpu() for k, v in trainable.items()}, str(tmp / "trainable.safetensors"))
+        torch.save(optimizer, tmp / "optimizer.pt")
+        torch.save(rngs, tmp / "rng.pt")
+        (tmp / "state.json").write_text(json.dumps(state, indent=1))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    """(trainable tensors, optimizer state, state.json, per-rank RNG states) of a checkpoint folder."""
+    trainable = load_file(str(folder / "trainable.safetensors"))
+    optimizer = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=False)
+    rngs = torch.load(folder / "rng.pt", map_location="cpu", weights_only=False)
+    state = json.loads((folder / "state.json").read_text())
+    return trainable, optimizer, state, rngs
+
+
+def write_best(run_dir: Path, step: int, valid_loss: float) -> None:
+    with atomic_output(run_dir / BEST) as tmp:
+        tmp.write_text(json.dumps({"step": step, "valid_loss": valid_loss}) + "\n")
+
+
+def read_best(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / BEST
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def prune(run_dir: Path, keep: int) -> None:
+    """Remove all but the ``keep`` most recent checkpoints and the best one."""
+    best = read_best(run_dir)
+    steps = list_checkpoints(run_dir)
+    for step in steps[:-keep]:
+        if best is None or step != best["step"]:
+            shutil.rmtree(step_dir(run_dir, step), ignore_errors=True)

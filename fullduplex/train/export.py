@@ -1,0 +1,157 @@
+"""``fullduplex export``: a training run (or moshi-finetune LoRA adapters) → a folder that serves.
+
+The folder holds ``model.safetensors`` in the released key format (LoRA folded in), ``config.json`` (moshi's LM
+keywords plus ``moshi_name`` / ``tokenizer_name``) and the tokenizer: what ``fd.load_lm(folder)``,
+``fullduplex serve --moshi-weight folder`` and the reference's ``get_moshi_lm`` read. With ``keep_lora`` the
+base weights stay unmerged and the adapters go to ``lora.safetensors`` in moshi-finetune's names, with
+``lora: true``, ``lora_rank``, ``lora_scaling``, ``lora_name`` in ``config.json`` (as moshi-finetune writes them).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from ..checkpoint.lm import MOSHI_NAME, load_lm, resolve_lm, save_lm
+from ..checkpoint.lora import apply_lora_file, ours_to_released_module
+from ..checkpoint.state import write_safetensors
+from ..errors import FullduplexError
+from ..lm.model import LMModel
+from . import checkpointing as ckpt
+from .config import load_config
+from .lora import apply_lora, merge_lora
+
+LORA_NAME = "lora.safetensors"
+
+
+def pick_checkpoint(run_dir: Path, which: str) -> int:
+    """The step of ``best`` (lowest validation loss; the last one when the run had no validation), ``last``, or
+    a step number."""
+    steps = ckpt.list_checkpoints(run_dir)
+    if not steps:
+        raise FullduplexError(f"{run_dir}: no checkpoints (expected {run_dir / ckpt.CHECKPOINTS}/step_NNNNNN/); "
+                              "is this a `fullduplex train` run.output folder?")
+    if which == "last":
+        return steps[-1]
+    if which == "best":
+        best = ckpt.read_best(run_dir)
+        return steps[-1] if best is None else int(best["step"])
+    if not which.isdigit() or int(which) not in steps:
+        raise FullduplexError(f"{run_dir}: --checkpoint {which!r} is not best, last or one of the steps {steps}")
+    return int(which)
+
+
+def _finish(model: LMModel, output: Path, tokenizer: str | None, extra: dict[str, Any], dtype: torch.dtype | None,
+            lora: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write the folder under a temporary name, then rename it into place."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.parent / f".{output.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        save_lm(model, tmp / MOSHI_NAME, dtype=dtype)
+        config = model.config.to_moshi_dict() | {"moshi_name": MOSHI_NAME} | extra
+        if tokenizer is not None:
+            tok = Path(tokenizer)
+            if not tok.is_file():
+                raise FullduplexError(f"tokenizer {tok} not found")
+            shutil.copyfile(tok, tmp / tok.name)
+            config["tokenizer_name"] = tok.name
+        if lora is not None:
+            write_safetensors(lora, tmp / LORA_NAME)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        if output.exists():
+            shutil.rmtree(output)
+        tmp.rename(output)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return output
+
+
+def export_run(run_dir: str | Path, output: str | Path, checkpoint: str = "best", keep_lora: bool = False,
+               dtype: torch.dtype | None = None) -> tuple[Path, int]:
+    """Export checkpoint ``checkpoint`` of a training run; returns (folder, step)."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise FullduplexError(f"{run_dir}: no config.json; is this a `fullduplex train` run.output folder?")
+    cfg = load_config(None, raw=json.loads(config_path.read_text()), check_paths=False)
+    step = pick_checkpoint(run_dir, checkpoint)
+    trainable = load_file(str(ckpt.step_dir(run_dir, step) / "trainable.safetensors"))
+    path, repo_config = resolve_lm(cfg.model.checkpoint, cfg.model.hf_repo)
+    model = load_lm(path, config=cfg.model.config or repo_config, device="cpu", dtype=torch.float32)
+    if not cfg.lora.enabled:
+        model.load_state_dict(trainable)
+        return _finish(model, output, cfg.model.tokenizer, {}, dtype), step
+    apply_lora(model, cfg.lora.rank, cfg.lora.scaling, cfg.lora.target_modules)
+    model.load_state_dict(trainable, strict=False)
+    if not keep_lora:
+        return _finish(merge_lora(model), output, cfg.model.tokenizer, {}, dtype), step
+    lora = released_adapters(model, cfg.lora.rank)
+    base = merge_lora(_zero_adapters(model))
+    extra = {"lora": True, "lora_rank": cfg.lora.rank, "lora_scaling": cfg.lora.scaling, "lora_name": LORA_NAME}
+    return _finish(base, output, cfg.model.tokenizer, extra, dtype, lora=lora), step
+
+
+def _zero_adapters(model: torch.nn.Module) -> torch.nn.Module:
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".lora_B"):
+                p.zero_()
+    return model
+
+
+def released_adapters(model: torch.nn.Module, rank: int) -> dict[str, torch.Tensor]:
+    """The adapters of a LoRA-wrapped LM in moshi-finetune's names, with zero adapters for every linear layer
+    the reference wraps that this run did not (the reference loads adapters for all of them)."""
+    from ..checkpoint.lora import released_target
+
+    state = model.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key.endswith((".lora_A", ".lora_B")):
+            module, which = key.rsplit(".", 1)
+            out[f"{ours_to_released_module(module)}.{which}.weight"] = value.detach().float().clone()
+    for module in _reference_linears(model):
+        if f"{module}.lora_A.weight" in out:
+            continue
+        name, step = released_target(module)
+        weight = state[name] if step is None else state[name][step]
+        out[f"{module}.lora_A.weight"] = torch.zeros(rank, weight.shape[1])
+        out[f"{module}.lora_B.weight"] = torch.zeros(weight.shape[0], rank)
+    return out
+
+
+def _reference_linears(model: LMModel) -> list[str]:
+    """Module names of the reference LM's ``nn.Linear`` layers (what moshi's LoRA wraps)."""
+    cfg = model.config
+    names = ["text_linear", *(f"depformer_in.{k}" for k in range(cfg.dep_q)), *(f"linears.{k}" for k in range(cfg.dep_q))]
+    for i in range(cfg.num_layers):
+        names += [f"transformer.layers.{i}.self_attn.in_projs.0", f"transformer.layers.{i}.self_attn.out_projs.0",
+                  f"transformer.layers.{i}.gating.linear_in", f"transformer.layers.{i}.gating.linear_out"]
+    for i in range(cfg.depformer_num_layers):
+        for s in range(cfg.dep_q):
+            names += [f"depformer.layers.{i}.self_attn.in_projs.{s}", f"depformer.layers.{i}.self_attn.out_projs.{s}",
+                      f"depformer.layers.{i}.gating.{s}.linear_in", f"depformer.layers.{i}.gating.{s}.linear_out"]
+    return names
+
+
+def export_lora_weight(lora_weight: str | Path, output: str | Path, moshi_weight: str | None = None,
+                       hf_repo: str | None = None, config: str | None = None, tokenizer: str | None = None,
+                       scaling: float | None = None, dtype: torch.dtype | None = None) -> Path:
+    """Fold moshi-finetune adapters into their base model and export. ``scaling``: default ``lora_scaling`` of
+    the ``config.json`` beside the adapters, else 2.0 (moshi-finetune's default)."""
+    lora_weight = Path(lora_weight)
+    if scaling is None:
+        beside = lora_weight.parent / "config.json"
+        scaling = float(json.loads(beside.read_text()).get("lora_scaling", 2.0)) if beside.is_file() else 2.0
+    path, repo_config = resolve_lm(moshi_weight, hf_repo)
+    model = load_lm(path, config=config or repo_config, device="cpu", dtype=torch.float32)
+    apply_lora_file(model, lora_weight, scaling)
+    return _finish(model, output, tokenizer, {}, dtype)

@@ -1,0 +1,98 @@
+"""`fullduplex export`: trained runs and moshi-finetune adapters → folders that load in ours and in the reference
+with identical logits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import fullduplex as fd
+from fullduplex.cli.main import run
+from fullduplex.train.config import load_config
+from fullduplex.train.recipe import train
+from tests.helpers import assert_one_line_error
+from tests.train.helpers import make_setup
+
+loaders = pytest.importorskip("moshi.models.loaders", reason="reference oracle: pip install --no-deps moshi==0.2.13")
+NOT_LM = ("moshi_name", "tokenizer_name", "lora_name", "lora", "lora_rank", "lora_scaling")
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("export")
+    recipe = make_setup(root)
+    train(load_config(recipe, ["optim.max_steps=3", "lora.enabled=true", "lora.rank=4", "run.eval_every=0",
+                               f"run.output={root / 'run'}"]), progress=False)
+    return root
+
+
+def codes() -> torch.Tensor:
+    g = torch.Generator().manual_seed(3)
+    c = torch.randint(0, 32, (2, 17, 20), generator=g)
+    c[:, 0] = torch.randint(0, 96, (2, 20), generator=g)
+    return c
+
+
+def reference(folder: Path, **kwargs) -> torch.nn.Module:
+    config = {k: v for k, v in json.loads((folder / "config.json").read_text()).items() if k not in NOT_LM}
+    if "lora_weights" in kwargs:
+        config.update(lora=True, lora_rank=4, lora_scaling=2.0)
+    return loaders.get_moshi_lm(str(folder / "model.safetensors"), lm_kwargs=config, device="cpu", dtype=torch.float32,
+                                **kwargs)
+
+
+def assert_same(a, b) -> None:
+    assert (a.text_logits - b.text_logits).nan_to_num().abs().max() < 1e-4
+    audio_b = b.audio_logits if hasattr(b, "audio_logits") else b.logits
+    assert (a.audio_logits - audio_b).nan_to_num().abs().max() < 1e-4
+
+
+def test_export_merged_and_kept_lora_load_everywhere(lora_run, tmp_path):
+    assert run(["export", str(lora_run / "run"), "--output", str(tmp_path / "merged")]) == 0
+    assert run(["export", str(lora_run / "run"), "--output", str(tmp_path / "kept"), "--keep-lora"]) == 0
+    assert (tmp_path / "merged" / "tok.model").is_file()
+    ours = fd.load_lm(tmp_path / "merged")  # config.json read from the folder
+    base = fd.load_lm(lora_run / "model" / "model.safetensors", config="tiny")
+    with torch.no_grad():
+        out, ref = ours(codes()), reference(tmp_path / "merged")(codes())
+        kept = reference(tmp_path / "kept", lora_weights=str(tmp_path / "kept" / "lora.safetensors"), fuse_lora=True)(codes())
+        before = base(codes())
+        kept_ours = fd.load_lm(tmp_path / "kept")(codes())  # config.json says lora: true -> adapters folded in
+    assert_same(out, ref)
+    assert_same(out, kept)
+    assert_same(out, kept_ours)
+    assert (out.audio_logits - before.audio_logits).nan_to_num().abs().max() > 1e-3  # LoRA changed the model
+
+
+def test_export_moshi_finetune_adapters(lora_run, tmp_path):
+    """Adapters in moshi-finetune's names, depth attention slices included, folded as moshi folds them."""
+    folder = tmp_path / "ft"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes((lora_run / "model" / "model.safetensors").read_bytes())
+    config = fd.LMConfig.to_moshi_dict(fd.load_lm(folder / "model.safetensors", config="tiny").config)
+    (folder / "config.json").write_text(json.dumps(config))
+    ref_model = reference(folder, lora_weights=None)  # lora wrappers with random A and B
+    g = torch.Generator().manual_seed(0)
+    adapters = {k: torch.randn(v.shape, generator=g) * 0.1 for k, v in ref_model.state_dict().items() if "lora_" in k}
+    save_file(adapters, str(tmp_path / "lora.safetensors"))
+    assert run(["export", "--lora-weight", str(tmp_path / "lora.safetensors"), "--moshi-weight", str(folder),
+                "--lora-scaling", "2.0", "--output", str(tmp_path / "out")]) == 0
+    with torch.no_grad():
+        ours = fd.load_lm(tmp_path / "out")(codes())
+        ref = reference(folder, lora_weights=str(tmp_path / "lora.safetensors"), fuse_lora=True)(codes())
+    assert_same(ours, ref)
+
+
+def test_export_errors(lora_run, tmp_path, capsys):
+    code = run(["export", str(lora_run / "run"), "--output", str(tmp_path / "o"), "--checkpoint", "7"])
+    assert_one_line_error(code, capsys.readouterr().err, "--checkpoint '7'", "[3]")
+    bad = tmp_path / "bad.safetensors"
+    save_file({"text_linear.lora_A.weight": torch.zeros(4, 64)}, str(bad))
+    code = run(["export", "--lora-weight", str(bad), "--moshi-weight", str(lora_run / "model" / "model.safetensors"),
+                "--config", "tiny", "--output", str(tmp_path / "o")])
+    assert_one_line_error(code, capsys.readouterr().err, "text_linear", "lora_B")
+    assert not (tmp_path / "o").exists()
