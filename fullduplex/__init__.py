@@ -4,13 +4,14 @@
 >>> mimi = fd.load_mimi("tokenizer-e351c8d8-checkpoint125.safetensors")
 """
 
-from .checkpoint import load_lm, load_mimi, save_lm, save_mimi
+from .checkpoint import load_lm, load_mimi, save_lm, save_mimi, save_mlx
 from .codec import Mimi, MimiConfig
 from .inference import Generator
 from .lm import LMConfig, LMModel, LMOutput
+from .lm.quantize import quantize
 
 __version__ = "0.1.0"
 __all__ = [
     "Generator", "LMConfig", "LMModel", "LMOutput", "Mimi", "MimiConfig", "__version__", "load_lm", "load_mimi",
-    "save_lm", "save_mimi",
+    "quantize", "save_lm", "save_mimi", "save_mlx",
 ]

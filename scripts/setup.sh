@@ -39,6 +39,15 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
         # installed without its dependencies (the ones it imports are in the dev extra or the core).
         echo "==> installing the test oracle moshi==0.2.13 (--no-deps)"
         "$VENV/bin/python" -m pip install -q --no-deps "moshi==0.2.13"
+        # The MLX oracle (format tests, tests/mlx): MLX with its CPU backend on Linux; moshi_mlx without its old
+        # pins (only moshi_mlx.models is imported).
+        echo "==> installing the MLX test oracle mlx==0.32.4, moshi_mlx==0.3.0 (--no-deps)"
+        if [ "$(uname -s)" = "Linux" ]; then
+            "$VENV/bin/python" -m pip install -q "mlx==0.32.4" "mlx-cpu==0.32.4"
+        else
+            "$VENV/bin/python" -m pip install -q "mlx==0.32.4"
+        fi
+        "$VENV/bin/python" -m pip install -q --no-deps "moshi_mlx==0.3.0"
     fi
     echo "$want" > "$stamp"
 fi

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -19,11 +19,18 @@ import torch
 from ..errors import CheckpointError
 from ..lm.config import LMConfig
 from ..lm.model import LMModel
+from ..lm.quantize import check_mode, quantized_skeleton
+from ..lm.quantize import quantize as quantize_lm
+from .builder import StateBuilder
+from .mlx import is_mlx_keys, read_mlx
 from .resolve import DEFAULT_REPO, hf_download, repo_config, resolve_file
-from .state import assign_weights, check_state_dict, iter_state_dict, write_safetensors
+from .state import SAFETENSORS_SUFFIXES, assign_weights, check_state_dict, iter_state_dict, write_safetensors
 
 MOSHI_NAME = "model.safetensors"
 LORA_NAME = "lora.safetensors"
+# The LM file names of released repos, tried in this order when a repo's config.json names none (the MLX repos
+# kyutai/moshiko-mlx-q8 / -q4 hold model.q8 / model.q4). The format itself is read from the keys.
+LM_NAMES = (MOSHI_NAME, "model.q8.safetensors", "model.q4.safetensors")
 
 _TEMPORAL_ATTN = re.compile(r"^transformer\.layers\.(\d+)\.self_attn\.(in_proj_weight|in_proj\.weight|in_projs\.0\.weight|out_proj\.weight|out_projs\.0\.weight)$")
 _DEPTH_FUSED = re.compile(r"^depformer\.layers\.(\d+)\.self_attn\.(in_proj_weight|in_proj\.weight|out_proj\.weight)$")
@@ -32,11 +39,13 @@ MIMI_MARKERS = ("encoder.model.0.conv.conv.weight", "quantizer.rvq_first.input_p
 
 
 def from_released(
-    tensors: Iterable[tuple[str, torch.Tensor]], steps: int, dtype: torch.dtype | None
+    tensors: Iterable[tuple[str, torch.Tensor]], steps: int, dtype: torch.dtype | None,
+    put: Callable[[str, torch.Tensor], None] | None = None,
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Released LM (name, tensor) pairs → (our state dict, keys of no LM module). Casts each tensor to ``dtype``
-    as it arrives (floats only), so a checkpoint is never held twice."""
-    ours: dict[str, torch.Tensor] = {}
+    as it arrives (floats only), so a checkpoint is never held twice. With ``put``, each converted tensor is
+    handed to it instead of being kept (the returned dict is then empty)."""
+    ours: dict[str, torch.Tensor] = {} if put is None else _Sink(put)
     unknown: list[str] = []
     split: dict[str, dict[int, torch.Tensor]] = {}
     for key, value in tensors:
@@ -68,6 +77,17 @@ def from_released(
             raise CheckpointError(f"{name}: per-step slices {sorted(pieces)} are not 0..{steps - 1}")
         ours[name] = torch.stack([pieces[s] for s in range(steps)])
     return ours, unknown
+
+
+class _Sink(dict):
+    """A dict that hands every item to a function instead of keeping it (``in`` stays false)."""
+
+    def __init__(self, put: Callable[[str, torch.Tensor], None]) -> None:
+        super().__init__()
+        self._put = put
+
+    def __setitem__(self, key: str, value: torch.Tensor) -> None:
+        self._put(key, value)
 
 
 def to_released(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -102,9 +122,31 @@ def resolve_lm(path_or_hf: str | Path | None = None, hf_repo: str | None = None)
         repo = text[len("hf://") :].strip("/")
         raw, reachable = repo_config(repo)
         config = None if raw is None else _config_from_dict(raw, f"{repo}/config.json")
-        return hf_download(repo, (raw or {}).get("moshi_name") or MOSHI_NAME, try_network=reachable), config
+        if (raw or {}).get("moshi_name"):
+            return hf_download(repo, raw["moshi_name"], try_network=reachable), config
+        errors = []
+        for name in LM_NAMES:
+            try:
+                return hf_download(repo, name, try_network=reachable), config
+            except CheckpointError as e:
+                errors.append(e)
+        raise errors[0]  # about the usual name
     folder = Path(text.removeprefix("file://")).expanduser()
-    config = read_lm_config(folder / "config.json") if (folder / "config.json").is_file() else None
+    raw = None
+    if (folder / "config.json").is_file():
+        try:
+            raw = json.loads((folder / "config.json").read_text())
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"could not read LM config {folder / 'config.json'}: {e}") from None
+        config = _config_from_dict(raw, str(folder / "config.json"))
+    else:
+        config = None
+    if folder.is_dir():
+        names = [raw["moshi_name"]] if isinstance(raw, dict) and raw.get("moshi_name") else list(LM_NAMES)
+        for name in names:
+            if (folder / name).is_file():
+                return folder / name, config
+        raise CheckpointError(f"folder {folder} has no {' or '.join(names)}; pass the file itself")
     return resolve_file(path_or_hf if path_or_hf is not None else text, MOSHI_NAME), config
 
 
@@ -158,19 +200,29 @@ def load_lm(
     hf_repo: str | None = None,
     lora_weight: str | Path | None = None,
     lora_scaling: float | None = None,
+    quantize: str | None = None,
 ) -> LMModel:
-    """Build the Moshi LM from a released-format checkpoint.
+    """Build the Moshi LM from a released-format (PyTorch) or MLX (bf16, q8, q4) checkpoint.
 
     ``path_or_hf``: a file, a folder holding ``model.safetensors`` (and optionally ``config.json``),
     ``hf://OWNER/REPO`` or ``hf://OWNER/REPO/FILE``; None uses ``hf_repo`` (default
     ``kyutai/moshiko-pytorch-bf16``). ``config``: an :class:`LMConfig`, a preset name, or a ``config.json`` path;
     default: the repo's or folder's ``config.json``, else the 7B moshiko architecture. ``dtype``: default bfloat16
-    on CUDA, float32 on CPU; bf16 and fp32 files both load. Weights are converted one tensor at a time into a
+    on CUDA and for MLX files (their values are bf16), float32 for PyTorch files on CPU; bf16 and fp32 files
+    both load. Weights are converted one tensor at a time into a
     model built on the meta device, so memory never holds two copies. Mismatches name keys and shapes.
 
     LoRA: a moshi-finetune ``lora.safetensors`` given as ``lora_weight`` (scaling ``lora_scaling``, default 2.0),
     or named by the folder's or repo's ``config.json`` (``"lora": true``), is folded into the weights.
+
+    The format is read from the keys: MLX files (``audio_embs.*``, ``depformer.slices.*``) are mapped to our
+    layout (:mod:`fullduplex.checkpoint.mlx`), their quantized tensors dequantized one at a time to ``dtype``
+    exactly as ``mlx.core.dequantize`` does. ``quantize`` ("int8" / "int4", see
+    :func:`fullduplex.lm.quantize.quantize`) converts each tensor into quantized layers as it is read (with LoRA:
+    after folding it into the float weights, layer by layer); MLX 4-bit codes run as they are under "int4".
     """
+    if quantize is not None:
+        check_mode(quantize)
     lora = resolve_lora(path_or_hf, hf_repo) if lora_weight is None else (Path(lora_weight), 2.0)
     path, repo_config = resolve_lm(path_or_hf, hf_repo)
     if isinstance(config, str) and not config.endswith(".json"):
@@ -184,16 +236,29 @@ def load_lm(
         config = read_lm_config(config)
     config = config or repo_config or LMConfig()
     device = torch.device(device)
-    if dtype is None:
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    state, unknown = from_released(iter_state_dict(path), config.dep_q, dtype)
-    if any(k in state for k in MIMI_MARKERS):
+    keys = checkpoint_keys(path)
+    mlx = keys is not None and is_mlx_keys(keys)
+    if dtype is None:  # MLX files hold bf16 values (dequantized in bf16): wider adds nothing but memory
+        dtype = torch.bfloat16 if device.type == "cuda" or mlx else torch.float32
+    if keys is not None and any(k in keys for k in MIMI_MARKERS):
         raise CheckpointError(f"{path} is a Mimi checkpoint, not the LM; pass the LM file ({MOSHI_NAME})")
-    if "text_emb.weight" not in state:
-        sample = ", ".join(list(state)[:3]) or "no tensors"
-        raise CheckpointError(f"{path} does not look like a Moshi LM checkpoint (keys: {sample}, ...)")
     with torch.device("meta"):
         model = LMModel(config)
+    # LoRA is folded into float weights: with an adapter the model is loaded in float and quantized after.
+    quantize_now = quantize if lora is None else None
+    builder = StateBuilder(model, quantize_now, dtype, device)
+    if quantize_now:  # before reading: a size that does not fit the groups fails at once
+        quantized_skeleton(model, quantize_now, device, dtype)
+    if mlx:
+        unknown = read_mlx(path, builder)
+    else:
+        _, unknown = from_released(iter_state_dict(path), config.dep_q, dtype, put=builder.add)
+    state = builder.finish()
+    if any(k in state for k in MIMI_MARKERS) or any(k in unknown for k in MIMI_MARKERS):
+        raise CheckpointError(f"{path} is a Mimi checkpoint, not the LM; pass the LM file ({MOSHI_NAME})")
+    if not any(k.startswith("text_emb.") for k in state):
+        sample = ", ".join((list(state) + unknown)[:3]) or "no tensors"
+        raise CheckpointError(f"{path} does not look like a Moshi LM checkpoint (keys: {sample}, ...)")
     check_state_dict(
         model, state, unknown, str(path), "LM",
         "is the architecture right? Pass the checkpoint's config.json (--config) or the matching preset",
@@ -203,12 +268,30 @@ def load_lm(
         from .lora import apply_lora_file
 
         apply_lora_file(model, lora[0], lora[1] if lora_scaling is None else lora_scaling)
+        if quantize:
+            quantize_lm(model, quantize)
     return model
 
 
+def checkpoint_keys(path: Path) -> set[str] | None:
+    """The tensor names of a safetensors file, read from its header only; None for other files."""
+    if path.suffix not in SAFETENSORS_SUFFIXES:
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return set(f.keys())  # noqa: SIM118 - safe_open is not a dict
+    except Exception as e:  # safetensors raises many types for corrupt files; say which file
+        raise CheckpointError(f"could not read checkpoint {path}: {type(e).__name__}: {e}") from None
+
+
 def save_lm(model: LMModel, path: str | Path, dtype: torch.dtype | None = None) -> Path:
-    """Write ``model`` as a released-format safetensors file (atomically)."""
-    state = to_released(model.state_dict())
+    """Write ``model`` as a released-format safetensors file (atomically); a quantized model is written
+    dequantized."""
+    from ..lm.quantize import dequantized_state
+
+    state = to_released(dequantized_state(model))
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     return write_safetensors(state, path, metadata={"format": "pt", "model": "moshi-lm"})

@@ -142,6 +142,11 @@ PRESETS: dict[str, LMConfig] = {
         dim=512, num_heads=8, num_layers=8, depformer_dim=256, depformer_num_heads=8, depformer_num_layers=2,
         depformer_dim_feedforward=1024,
     ),
+    # The benchmark size of benchmarks/quant.py: 444M parameters, the 7B's vocabularies and streams.
+    "medium": LMConfig(
+        dim=1024, num_heads=16, num_layers=16, depformer_dim=512, depformer_num_heads=8, depformer_num_layers=4,
+        depformer_dim_feedforward=2112,
+    ),
     # For tests: a few hundred thousand parameters, short context so the ring cache wraps quickly; its audio
     # vocabulary (32) is that of the tiny Mimi preset, so the two run together.
     "tiny": LMConfig(

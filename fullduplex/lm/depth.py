@@ -15,6 +15,35 @@ from ..nn.norm import RMSNorm
 from ..nn.transformer import GatedFFN
 
 
+class StepProjections(nn.Module):
+    """The attention projections of one layer, one matrix per step: ``in_proj`` [S, 3D, D], ``out_proj`` [S, D, D].
+
+    A quantized model swaps this module for one with the same four methods
+    (:class:`~fullduplex.lm.quantize.QuantStepProjections`).
+    """
+
+    def __init__(self, dim: int, steps: int) -> None:
+        super().__init__()
+        self.in_proj = nn.Parameter(torch.empty(steps, 3 * dim, dim))
+        self.out_proj = nn.Parameter(torch.empty(steps, dim, dim))
+
+    def project_in(self, x: torch.Tensor) -> torch.Tensor:
+        """All steps: [N, S, D] → [N, S, 3D], step s through its own matrix."""
+        return torch.einsum("nsd,sed->nse", x, self.in_proj[: x.shape[1]])
+
+    def project_out(self, x: torch.Tensor) -> torch.Tensor:
+        """All steps: [N, S, D] → [N, S, D]."""
+        return torch.einsum("nsd,sed->nse", x, self.out_proj[: x.shape[1]])
+
+    def step_in(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """Step k: [B, 1, D] → [B, 1, 3D]."""
+        return F.linear(x, self.in_proj[k])
+
+    def step_out(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """Step k: [B, 1, D] → [B, 1, D]."""
+        return F.linear(x, self.out_proj[k])
+
+
 class DepthLayer(nn.Module):
     """One layer; ``self_attn.in_proj`` [S, 3D, D] and ``self_attn.out_proj`` [S, D, D] hold one matrix per step."""
 
@@ -22,22 +51,20 @@ class DepthLayer(nn.Module):
         super().__init__()
         self.num_heads, self.head_dim = num_heads, dim // num_heads
         self.norm1 = RMSNorm(dim)
-        self.self_attn = nn.Module()
-        self.self_attn.in_proj = nn.Parameter(torch.empty(steps, 3 * dim, dim))
-        self.self_attn.out_proj = nn.Parameter(torch.empty(steps, dim, dim))
+        self.self_attn = StepProjections(dim, steps)
         self.norm2 = RMSNorm(dim)
         self.gating = nn.ModuleList(GatedFFN(dim, dim_feedforward) for _ in range(steps))
-        for weight in (self.self_attn.in_proj, self.self_attn.out_proj):
+        for weight in (self.self_attn.in_proj, self.self_attn.out_proj):  # after gating: the same random draws as before
             nn.init.normal_(weight, std=dim**-0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """All steps at once (teacher forcing): ``x`` [N, S, D] → [N, S, D]."""
         N, S, D = x.shape
         h = self.norm1(x)
-        qkv = torch.einsum("nsd,sed->nse", h, self.self_attn.in_proj[:S])  # [N, S, 3D]
+        qkv = self.self_attn.project_in(h)  # [N, S, 3D]
         q, k, v = qkv.view(N, S, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [N, H, S, d]
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(N, S, D)
-        x = x + torch.einsum("nsd,sed->nse", out, self.self_attn.out_proj[:S])
+        x = x + self.self_attn.project_out(out)
         h = self.norm2(x)
         return x + torch.stack([self.gating[s](h[:, s]) for s in range(S)], dim=1)
 
@@ -45,14 +72,14 @@ class DepthLayer(nn.Module):
         """Step ``k`` of a frame: ``x`` [B, 1, D]; ``cache`` [2, B, H, S, d] holds this frame's earlier keys and
         values and receives step k's."""
         B, _, D = x.shape
-        qkv = F.linear(self.norm1(x), self.self_attn.in_proj[k])
+        qkv = self.self_attn.step_in(self.norm1(x), k)
         q, key, value = qkv.view(B, 1, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [B, H, 1, d]
         cache[0, :, :, k : k + 1] = key
         cache[1, :, :, k : k + 1] = value
         # All S slots with a mask (not the first k + 1): the reference's shapes, hence its GPU kernels and rounding.
         visible = (torch.arange(cache.shape[3], device=x.device) <= k).view(1, 1, 1, -1)
         out = F.scaled_dot_product_attention(q, cache[0], cache[1], attn_mask=visible)
-        x = x + F.linear(out.transpose(1, 2).reshape(B, 1, D), self.self_attn.out_proj[k])
+        x = x + self.self_attn.step_out(out.transpose(1, 2).reshape(B, 1, D), k)
         return x + self.gating[k](self.norm2(x))
 
 
