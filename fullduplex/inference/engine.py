@@ -41,7 +41,7 @@ class EngineFull(FullduplexError):
 @dataclass
 class FrameOutput:
     """One 80 ms frame for a session: the model's audio ``pcm`` [1920] (float32, CPU; silence until the model's
-    first frame), its text token (None until then) and all its tokens [1 + dep_q] (-2 until then)."""
+    first frame), its text token (None until then) and all its tokens [1 + own_q] (-2 until then)."""
 
     pcm: torch.Tensor
     text: int | None
@@ -193,9 +193,9 @@ class Engine:
                 for part in (self.mimi.upsample, self.mimi.decoder_transformer, self.mimi.decoder):
                     part.reset(first.to(self.device))
             pcm = self.mimi.decode(out[:, 1:].clamp(min=0))[:, 0].float().cpu()  # [N, 1920]
-            out = out[:, :, 0].cpu()  # [N, 1 + dep_q]
+            out = out[:, :, 0].cpu()  # [N, 1 + own_q]
         silence = torch.zeros(self.mimi.frame_size)
-        missing = torch.full((1 + self.lm.config.dep_q,), -2, dtype=torch.long)
+        missing = torch.full((1 + self.lm.config.own_q,), -2, dtype=torch.long)
         for slot, session in enumerate(sessions):
             if session is None:
                 continue

@@ -92,9 +92,9 @@ def read_inputs(paths: Sequence[str | os.PathLike[str]], sample_rate: int) -> li
 
 
 def user_codebooks(lm: LMModel) -> int:
-    """Codebooks Mimi must encode and decode for ``lm``: its ``dep_q`` (8 for Moshi), or more if the model
+    """Codebooks Mimi must encode and decode for ``lm``: its ``own_q`` (8 for Moshi), or more if the model
     hears more user codebooks than it speaks."""
-    return max(lm.config.dep_q, lm.config.n_q - lm.config.dep_q)
+    return max(lm.config.own_q, lm.config.user_q)
 
 
 def check_models(mimi: Mimi, lm: LMModel, tokenizer: TextTokenizer, source: str) -> None:
@@ -161,7 +161,7 @@ def _generate_batch(
     progress: Callable[[int], None] | None,
 ) -> list[GenerationResult]:
     """One streaming session of Mimi and the generator over ``len(wavs)`` items."""
-    frame, dep_q = mimi.frame_size, gen.config.dep_q
+    frame, own_q = mimi.frame_size, gen.config.own_q
     weight = next(mimi.parameters())
     lengths = [w.shape[-1] for w in wavs]
     frames = math.ceil(max(lengths) / frame)
@@ -169,8 +169,8 @@ def _generate_batch(
     for b, wav in enumerate(wavs):
         user[b, :, : wav.shape[-1]] = wav
     silence = torch.zeros(len(wavs), 1, frame, device=weight.device)
-    missing = torch.full((len(wavs), 1 + dep_q, 1), UNGENERATED_TOKEN, dtype=torch.long, device=weight.device)
-    pcm, steps = [], []  # per step: model audio [B, 1, frame], tokens [B, 1 + dep_q, 1]
+    missing = torch.full((len(wavs), 1 + own_q, 1), UNGENERATED_TOKEN, dtype=torch.long, device=weight.device)
+    pcm, steps = [], []  # per step: model audio [B, 1, frame], tokens [B, 1 + own_q, 1]
     with torch.inference_mode(), mimi.streaming(len(wavs)), gen.streaming(len(wavs)):
         for t in range(frames):
             chunk = user[..., t * frame : (t + 1) * frame].to(weight.device, weight.dtype)  # [B, 1, frame]
@@ -180,14 +180,14 @@ def _generate_batch(
                 steps.append(missing)
                 pcm.append(silence)
             else:
-                audio = out[:, 1:]  # [B, dep_q, 1]
+                audio = out[:, 1:]  # [B, own_q, 1]
                 ready = (audio >= 0).all(dim=1, keepdim=True)  # [B, 1, 1]: items with a whole frame of codes
                 decoded = mimi.decode(audio.clamp(min=0))  # [B, 1, frame]
                 steps.append(out)
                 pcm.append(torch.where(ready, decoded.float(), silence))
             if progress is not None:  # frames of the items still inside their own input
                 progress(sum(t < math.ceil(length / frame) for length in lengths))
-        tokens = torch.cat(steps, dim=-1).cpu()  # [B, 1 + dep_q, T]
+        tokens = torch.cat(steps, dim=-1).cpu()  # [B, 1 + own_q, T]
         model = torch.cat(pcm, dim=-1).float().cpu()  # [B, 1, T * frame]
     results = []
     for b, length in enumerate(lengths):
