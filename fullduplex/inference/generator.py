@@ -14,10 +14,11 @@ read ``delays[k]`` frames after it was written; while a stream has not been writ
 initial token (``text_card`` / ``card``), so the first user frame is never seen; the output lags one frame and
 the first call returns None. Items of the batch are independent: ``gen.reset(mask)`` restarts chosen items.
 
-Forcing: ``gen.step(user, force=tokens, force_mask=mask)`` (both [B, K, 1], K = 1 + n_q) gives stream k of item b
-the token ``tokens[b, k]`` for this step's frame wherever ``mask[b, k]`` is True, exactly as the user's codes are
-given: written ``delays[k]`` columns ahead, used by the Depth Transformer as the next step's input in place of its
-sample, and never overwritten by a sample. ``embeddings`` [B, 1, dim] with ``embeddings_mask`` [B] replaces the
+Forcing: ``gen.step(user, force=tokens, force_mask=mask)`` (both [B, K, 1], K = 1 + n_q) replaces what the step
+produces: wherever ``mask[b, k]`` is True, item b's stream k takes ``tokens[b, k]`` instead of its sample, in the
+column the step samples (the next frame's text and semantic codebooks, this frame's acoustic codebooks: stream k
+of frame ``f + 1 - delays[k]`` when the user codes are frame f). The Depth Transformer takes forced tokens as the
+inputs of its next steps, so step-by-step logits equal teacher-forced logits on the forced sequence. ``embeddings`` [B, 1, dim] with ``embeddings_mask`` [B] replaces the
 Temporal Transformer's input (the summed stream embeddings) of chosen items (released PersonaPlex voices store
 these). Everything stays on the device: no host sync, and CUDA graphs still apply. With ``dep_q > own_q``
 (PersonaPlex) the Depth Transformer samples all dep_q codebooks, the user's included; the output holds the text
@@ -127,17 +128,14 @@ class Generator(StreamingModule):
         # The column this step opens (written now, read later) drops the flags of its previous round.
         fresh = ((offsets + cfg.max_delay) % columns)[:, None, None].expand(B, K, 1)
         given.scatter_(2, fresh, torch.zeros_like(fresh, dtype=torch.bool))
-        write = ((offsets[:, None] + self.delays) % columns)[..., None]  # [B, K, 1]: this frame's column per stream
-        values = cache.gather(2, write)  # [B, K, 1]
-        supplied = torch.zeros_like(values, dtype=torch.bool)
         user_rows = slice(1 + cfg.own_q, K)
-        values[:, user_rows] = user_codes[:, :n_in].to(cache.dtype)
-        supplied[:, user_rows] = True
+        write = ((offsets[:, None] + self.delays[user_rows]) % columns)[..., None]  # [B, user_q, 1]
+        cache[:, user_rows].scatter_(2, write, user_codes[:, :n_in].to(cache.dtype))
+        given[:, user_rows].scatter_(2, write, torch.ones_like(write, dtype=torch.bool))
+        ahead = ((offsets + 1) % columns)[:, None, None].expand(B, K, 1)  # the column this step samples
         if force is not None:
-            values = torch.where(force_mask, force.to(cache.dtype), values)
-            supplied = supplied | force_mask
-        cache.scatter_(2, write, values)
-        given.scatter_(2, write, supplied)
+            cache.scatter_(2, ahead, torch.where(force_mask, force.to(cache.dtype), cache.gather(2, ahead)))
+            given.scatter_(2, ahead, given.gather(2, ahead) | force_mask)
 
         unseen = offsets[:, None] <= self.delays[None, :]  # [B, K]: stream not written yet for this frame
         read = (offsets % columns)[:, None, None].expand(B, K, 1)
@@ -151,7 +149,7 @@ class Generator(StreamingModule):
         text = sample_token(text_logits[:, 0], self.temp_text, self.top_k_text, self._rng)  # [B]
         # What the next column already holds as given (forced ahead, or delayed user codes): the Depth Transformer
         # takes those as inputs in place of its samples.
-        ahead = ((offsets + 1) % columns)[:, None, None].expand(B, 1 + cfg.dep_q, 1)
+        ahead = ahead[:, : 1 + cfg.dep_q]
         next_tokens = cache[:, : 1 + cfg.dep_q].gather(2, ahead)[..., 0]  # [B, 1 + dep_q]
         next_given = given[:, : 1 + cfg.dep_q].gather(2, ahead)[..., 0]
         text = torch.where(next_given[:, 0], next_tokens[:, 0], text)
