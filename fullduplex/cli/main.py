@@ -24,7 +24,7 @@ from ..errors import FullduplexError
 # Modules that register a subcommand, in the order ``--help`` lists them. Add ``generate``, ``serve``, ... here.
 COMMANDS: tuple[str, ...] = (
     "fullduplex.cli.codec", "fullduplex.cli.generate", "fullduplex.cli.serve", "fullduplex.cli.client",
-    "fullduplex.cli.data", "fullduplex.cli.eval",
+    "fullduplex.cli.data", "fullduplex.cli.eval", "fullduplex.cli.voice",
 )
 
 EXIT_ERROR = 2

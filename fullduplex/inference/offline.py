@@ -35,6 +35,7 @@ from ..errors import AudioError, CheckpointError
 from ..lm.model import UNGENERATED_TOKEN, LMModel
 from ..text.tokenizer import TextTokenizer, Word
 from .generator import Generator
+from .prompt import Schedule, run_prompt
 
 __all__ = ["GenerationResult", "Sampling", "check_models", "generate", "generate_files", "read_inputs", "write_stereo_wav"]
 
@@ -124,9 +125,12 @@ def generate(
     sampling: Sampling | None = None,
     batch_size: int = 8,
     progress: Callable[[int], None] | None = None,
+    prompt: Schedule | None = None,
 ) -> list[GenerationResult]:
     """Generate the model's side of each conversation ``wavs`` (mono [1, S] at ``mimi.sample_rate``), in batches
-    of ``batch_size`` in the given order. ``progress(n)`` is called after each step with the number of input frames
+    of ``batch_size`` in the given order. ``prompt``: a persona's forced frames
+    (:func:`~fullduplex.inference.prompt.build_schedule`), stepped before each batch's first frame; the output
+    timeline still starts with the user's first frame, whose step already gives the model's audio. ``progress(n)`` is called after each step with the number of input frames
     it completed (padding past an input's end does not count; the total is the sum of ceil(S / 1920)).
     Call :func:`check_models` first. Returns one result per input, in order."""
     if batch_size < 1:
@@ -135,7 +139,7 @@ def generate(
     gen = Generator(lm, sampling.temp, sampling.temp_text, sampling.top_k, sampling.top_k_text, sampling.seed)
     results: list[GenerationResult] = []
     for start in range(0, len(wavs), batch_size):
-        results.extend(_generate_batch(list(wavs[start : start + batch_size]), mimi, gen, tokenizer, progress))
+        results.extend(_generate_batch(list(wavs[start : start + batch_size]), mimi, gen, tokenizer, progress, prompt))
     return results
 
 
@@ -158,7 +162,7 @@ def generate_files(
 
 def _generate_batch(
     wavs: list[torch.Tensor], mimi: Mimi, gen: Generator, tokenizer: TextTokenizer,
-    progress: Callable[[int], None] | None,
+    progress: Callable[[int], None] | None, prompt: Schedule | None = None,
 ) -> list[GenerationResult]:
     """One streaming session of Mimi and the generator over ``len(wavs)`` items."""
     frame, own_q = mimi.frame_size, gen.config.own_q
@@ -172,6 +176,8 @@ def _generate_batch(
     missing = torch.full((len(wavs), 1 + own_q, 1), UNGENERATED_TOKEN, dtype=torch.long, device=weight.device)
     pcm, steps = [], []  # per step: model audio [B, 1, frame], tokens [B, 1 + own_q, 1]
     with torch.inference_mode(), mimi.streaming(len(wavs)), gen.streaming(len(wavs)):
+        if prompt is not None:
+            run_prompt(gen, prompt)
         for t in range(frames):
             chunk = user[..., t * frame : (t + 1) * frame].to(weight.device, weight.dtype)  # [B, 1, frame]
             codes = mimi.encode(chunk)  # [B, K, 1]
