@@ -39,7 +39,7 @@ def test_voice_make_both_formats(tmp_path, capsys, ckpt):  # noqa: F811
 def test_generate_with_a_persona(tmp_path, capsys, ckpt):  # noqa: F811
     import sphn
 
-    sphn.write_wav(str(tmp_path / "talk.wav"), speech(0.8)[0, 0].numpy(), 24000)
+    sphn.write_wav(str(tmp_path / "talk.wav"), speech(0.48)[0, 0].numpy(), 24000)
     mimi = fd.load_mimi(ckpt["mimi"], config=mimi_preset("tiny"))
     lm = fd.load_lm(ckpt["lm"], config="tiny")
     tokenizer = TextTokenizer.load(ckpt["tokenizer"])
@@ -51,7 +51,7 @@ def test_generate_with_a_persona(tmp_path, capsys, ckpt):  # noqa: F811
     tokens, _ = read_tokens(tmp_path / "t.safetensors")
     schedule = build_schedule(lm.config, load_voice(tmp_path / "v.safetensors", mimi, lm.config),
                               role_tokens(tokenizer, "hello there"), filler_codes(mimi))
-    (want,) = generate([speech(0.8)[0]], mimi, lm, tokenizer, Sampling(temp=0, temp_text=0), prompt=schedule)
+    (want,) = generate([speech(0.48)[0]], mimi, lm, tokenizer, Sampling(temp=0, temp_text=0), prompt=schedule)
     assert torch.equal(tokens["talk"].long(), want.tokens) and (want.tokens[:, 0] >= 0).all()  # audio from frame 0
     code, _, _ = generate_cli(capsys, ckpt, "--input", tmp_path / "talk.wav", "--output", tmp_path / "o.wav", "--text-prompt", "")
     assert code == 0  # an empty prompt works

@@ -117,7 +117,7 @@ def test_step_logits_equal_teacher_forced_logits_with_the_prompt_forced(lm):
 
 def test_nothing_forced_changes_nothing_and_items_are_independent(lm):
     cfg = lm.config
-    T = 20
+    T = 16
     user = torch.randint(0, cfg.card, (2, 8, T), generator=torch.Generator().manual_seed(2))
     runs = []
     for forced in (False, True):
