@@ -1,4 +1,5 @@
-"""Load Moshi LM checkpoints in the released format (``model.safetensors`` of moshiko, J-Moshi, Human-1).
+"""Load Moshi LM checkpoints in the released format (``model.safetensors`` of moshiko, J-Moshi, Human-1, and
+NVIDIA PersonaPlex, whose Depth Transformer has 16 steps: 120 more tensors and twice the per-step attention rows).
 
 Key names (``keys/moshiko.txt``) match our modules except the attention projections. The Temporal Transformer's
 are fused (``in_proj_weight``) or module-style (``in_projs.0.weight``); the Depth Transformer's hold one slice per
@@ -11,7 +12,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
@@ -21,6 +23,7 @@ from ..lm.config import LMConfig
 from ..lm.model import LMModel
 from ..lm.quantize import check_mode, quantized_skeleton
 from ..lm.quantize import quantize as quantize_lm
+from ..nn.transformer import gating_hidden
 from .builder import StateBuilder
 from .mlx import is_mlx_keys, read_mlx
 from .resolve import DEFAULT_REPO, hf_download, repo_config, resolve_file
@@ -104,8 +107,8 @@ def to_released(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def read_lm_config(path: str | Path) -> LMConfig:
-    """An :class:`LMConfig` from a moshi-style ``config.json`` file."""
+def read_lm_config(path: str | Path) -> LMConfig | None:
+    """An :class:`LMConfig` from a moshi-style ``config.json`` file (None if it names no LM setting)."""
     path = Path(path)
     try:
         raw = json.loads(path.read_text())
@@ -185,11 +188,74 @@ def _lora_scaling(raw: dict) -> float:
     return float(value)
 
 
-def _config_from_dict(raw: dict, source: str) -> LMConfig:
+def _config_from_dict(raw: dict, source: str) -> LMConfig | None:
+    """None for a ``config.json`` that names no LM setting at all (PersonaPlex's stub): the tensors then tell."""
+    if not {f.name for f in fields(LMConfig)} & set(raw):
+        return None
     try:
         return LMConfig.from_moshi_dict(raw, source=source)
     except (TypeError, ValueError) as e:
         raise CheckpointError(str(e)) from None
+
+
+def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Name → shape of every tensor of a checkpoint file (safetensors: from the header, nothing loaded)."""
+    if path.suffix in SAFETENSORS_SUFFIXES:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}  # noqa: SIM118
+        except Exception as e:  # corrupt files raise many types; say which file
+            raise CheckpointError(f"could not read checkpoint {path}: {type(e).__name__}: {e}") from None
+    return {key: tuple(value.shape) for key, value in iter_state_dict(path)}
+
+
+def _count(shapes: Mapping[str, tuple[int, ...]], pattern: str) -> int:
+    regex = re.compile(pattern)
+    return len({m.group(1) for key in shapes if (m := regex.match(key))})
+
+
+def infer_lm_config(shapes: Mapping[str, tuple[int, ...]], base: LMConfig | None = None, source: str = "checkpoint") -> LMConfig:
+    """The architecture a released-format checkpoint's tensor names and shapes imply: widths, layer counts,
+    vocabularies, codebooks and depth steps (``dep_q``: 8 for Moshi, 16 for PersonaPlex). What shapes cannot
+    tell (attention heads, context, RoPE period, delays) comes from ``base`` (default: moshiko 7B)."""
+    base = base or LMConfig()
+
+    def shape(key: str) -> tuple[int, ...]:
+        if key not in shapes:
+            raise CheckpointError(f"{source}: no tensor {key!r}; is this a Moshi LM checkpoint?")
+        return shapes[key]
+
+    text_rows, dim = shape("text_emb.weight")
+    n_q, dep_q = _count(shapes, r"^emb\.(\d+)\.weight$"), _count(shapes, r"^linears\.(\d+)\.weight$")
+    depformer_dim = shape("linears.0.weight")[1]
+    hidden = shape("transformer.layers.0.gating.linear_in.weight")[0] // 2
+    depth_hidden = shape("depformer.layers.0.gating.0.linear_in.weight")[0] // 2
+    text_out = shape("text_linear.weight")[0]
+    values = dict(
+        dim=dim, num_layers=_count(shapes, r"^transformer\.layers\.(\d+)\."), text_card=text_rows - 1,
+        text_card_out=None if text_out == text_rows - 1 else text_out, n_q=n_q, dep_q=dep_q,
+        card=shape("emb.0.weight")[0] - 1, depformer_dim=depformer_dim,
+        depformer_num_layers=_count(shapes, r"^depformer\.layers\.(\d+)\."),
+    )
+    if gating_hidden(dim, int(base.hidden_scale * dim)) != hidden:
+        values["hidden_scale"] = 4.0 if hidden == 21 * dim // 8 else 3 * hidden / (2 * dim)
+    if gating_hidden(depformer_dim, base.depformer_feedforward) != depth_hidden:
+        values["depformer_dim_feedforward"] = 3 * depth_hidden // 2
+    if len(base.delays) != 1 + n_q:  # text, then each party's semantic codebook undelayed, acoustic ones 1 frame late
+        half = n_q // 2
+        values["delays"] = (0,) + ((0,) + (1,) * (half - 1)) * 2
+    try:
+        config = replace(base, **values)
+    except ValueError as e:
+        raise CheckpointError(f"{source}: inferred architecture is invalid ({e}); pass its config (--config)") from None
+    attn = shapes.get("depformer.layers.0.self_attn.in_proj_weight")
+    if attn is not None and attn[0] != dep_q * 3 * depformer_dim:
+        raise CheckpointError(
+            f"{source}: depformer attention has {attn[0]} rows, expected {dep_q} steps x 3 x {depformer_dim}"
+        )
+    return config
 
 
 def load_lm(
@@ -207,9 +273,10 @@ def load_lm(
     ``path_or_hf``: a file, a folder holding ``model.safetensors`` (and optionally ``config.json``),
     ``hf://OWNER/REPO`` or ``hf://OWNER/REPO/FILE``; None uses ``hf_repo`` (default
     ``kyutai/moshiko-pytorch-bf16``). ``config``: an :class:`LMConfig`, a preset name, or a ``config.json`` path;
-    default: the repo's or folder's ``config.json``, else the 7B moshiko architecture. ``dtype``: default bfloat16
-    on CUDA and for MLX files (their values are bf16), float32 for PyTorch files on CPU; bf16 and fp32 files
-    both load. Weights are converted one tensor at a time into a
+    default: the repo's or folder's ``config.json``, else what the tensors imply (:func:`infer_lm_config`: the
+    7B moshiko architecture, or PersonaPlex's 16 depth steps). ``dtype``: default bfloat16 on CUDA and for MLX
+    files (their values are bf16), float32 for PyTorch files on CPU; bf16 and fp32 files both load. Weights are
+    converted one tensor at a time into a
     model built on the meta device, so memory never holds two copies. Mismatches name keys and shapes.
 
     LoRA: a moshi-finetune ``lora.safetensors`` given as ``lora_weight`` (scaling ``lora_scaling``, default 2.0),
@@ -234,10 +301,16 @@ def load_lm(
             raise CheckpointError(str(e)) from None
     elif isinstance(config, (str, Path)):
         config = read_lm_config(config)
-    config = config or repo_config or LMConfig()
-    device = torch.device(device)
     keys = checkpoint_keys(path)
     mlx = keys is not None and is_mlx_keys(keys)
+    if config is None and repo_config is None:
+        if mlx:  # the MLX repos are all moshiko 7B; their tensor layout differs from what infer_lm_config reads
+            config = LMConfig()
+        else:
+            shapes = tensor_shapes(path)  # not an LM at all: the checks below say what it is
+            config = infer_lm_config(shapes, source=str(path)) if "text_emb.weight" in shapes else LMConfig()
+    config = config or repo_config
+    device = torch.device(device)
     if dtype is None:  # MLX files hold bf16 values (dequantized in bf16): wider adds nothing but memory
         dtype = torch.bfloat16 if device.type == "cuda" or mlx else torch.float32
     if keys is not None and any(k in keys for k in MIMI_MARKERS):

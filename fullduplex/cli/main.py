@@ -25,7 +25,7 @@ from ..errors import FullduplexError
 COMMANDS: tuple[str, ...] = (
     "fullduplex.cli.codec", "fullduplex.cli.generate", "fullduplex.cli.serve", "fullduplex.cli.client",
     "fullduplex.cli.tokenizer", "fullduplex.cli.adapt", "fullduplex.cli.data", "fullduplex.cli.train",
-    "fullduplex.cli.eval", "fullduplex.cli.convert",
+    "fullduplex.cli.eval", "fullduplex.cli.convert", "fullduplex.cli.voice",
 )
 
 EXIT_ERROR = 2

@@ -17,12 +17,20 @@ examples:
   fullduplex serve --hf-repo kyutai/moshiko-pytorch-bf16
   fullduplex serve --hf-repo JoshTalksAI/Human-1 --max-sessions 16
   fullduplex serve --hf-repo nu-dialogue/j-moshi-ext --host 0.0.0.0 --auth-token "$TOKEN" --ssl ./certs
+  fullduplex serve --hf-repo nvidia/personaplex-7b-v1 --voice-dir voices --voice NATF2.pt \
+      --text-prompt "You work for a bike shop; be brief."
 
 Clients connect to ws://HOST:PORT/api/chat (wss:// with --ssl): existing Moshi clients work unchanged, and
 `fullduplex client --url ws://HOST:PORT --input talk.wav --output reply.wav` streams a file. When every session
 slot is taken, a new client gets an error message and the socket closes. Reaching the server from another
 machine: prefer an SSH tunnel (ssh -L 8998:localhost:8998 host); if you bind --host 0.0.0.0, set --auth-token
 and --ssl.
+
+Personas (PersonaPlex): clients pick a role and a voice with the query parameters text_prompt=... and
+voice_prompt=NAME (a file in --voice-dir: .pt, .safetensors from `fullduplex voice make`, or audio), as
+PersonaPlex's own client does; without them the server's --text-prompt/--voice apply. A persona's prompt runs
+once, before the handshake; its state is then cached (--persona-cache-mb), so the next conversation with it
+starts at once. GET /api/voices lists the voices.
 """
 
 
@@ -45,6 +53,12 @@ def register(subparsers: Any) -> None:
                         help="end a session after S seconds without a message from its client (default: 30)")
     limits.add_argument("--max-session-seconds", type=float, default=600.0, metavar="S",
                         help="end a conversation after S seconds (default: 600)")
+    personas = parser.add_argument_group("personas (PersonaPlex)")
+    personas.add_argument("--voice-dir", metavar="DIR", help="folder of voice prompts clients may pick (voice_prompt=NAME)")
+    personas.add_argument("--voice", metavar="NAME", help="default voice: a file name in --voice-dir")
+    personas.add_argument("--text-prompt", metavar="TEXT", help="default role prompt (default: none)")
+    personas.add_argument("--persona-cache-mb", type=float, default=1024.0, metavar="MB",
+                          help="memory for cached persona states, least recently used dropped first (default: 1024)")
     add_model_arguments(parser)
     parser.set_defaults(func=serve_command)
 
@@ -69,22 +83,34 @@ def serve_command(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from ..inference.engine import Engine
+    from ..inference.persona import PersonaCache
+    from ..inference.voice import filler_codes
     from ..server.app import Server, ServerConfig, new_model_thread
+    from ..server.personas import PersonaLibrary
 
     if not 0 < args.port < 65536:
         raise FullduplexError(f"--port must be 1..65535, got {args.port}")
     if args.idle_timeout <= 0 or args.max_session_seconds <= 0:
         raise FullduplexError("--idle-timeout and --max-session-seconds must be positive")
+    if args.voice is not None and args.voice_dir is None:
+        raise FullduplexError("--voice needs --voice-dir (the folder it is in)")
+    if args.persona_cache_mb < 0:
+        raise FullduplexError("--persona-cache-mb must be >= 0")
     context = ssl_context(args.ssl)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     model_thread = new_model_thread()  # loads and steps the models: one torch thread team (see Server)
     models = model_thread.submit(load_models, args).result()
-    engine = Engine(models.mimi, models.lm, models.sampling, max_sessions=args.max_sessions)
+    cache = PersonaCache(max_bytes=int(args.persona_cache_mb * 2**20))
+    engine = Engine(models.mimi, models.lm, models.sampling, max_sessions=args.max_sessions, personas=cache)
+    personas = model_thread.submit(lambda: PersonaLibrary(
+        models.mimi, models.lm.config, models.tokenizer, filler_codes(models.mimi), args.voice_dir, args.voice,
+        args.text_prompt,
+    )).result()
     config = ServerConfig(
         host=args.host, port=args.port, auth_token=args.auth_token, idle_timeout=args.idle_timeout,
         max_session_seconds=args.max_session_seconds,
     )
-    server = Server(engine, models.tokenizer, config, model_thread)
+    server = Server(engine, models.tokenizer, config, model_thread, personas)
     scheme = "wss" if context else "ws"
     print(f"serving {models.lm_path.name} to up to {args.max_sessions} conversations at "
           f"{scheme}://{args.host}:{args.port}/api/chat (health: /api/health, metrics: /api/metrics)", flush=True)

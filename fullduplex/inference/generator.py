@@ -13,6 +13,16 @@ Rules shared with the reference generator: a ring of ``max_delay + 2`` columns h
 read ``delays[k]`` frames after it was written; while a stream has not been written yet the model sees its
 initial token (``text_card`` / ``card``), so the first user frame is never seen; the output lags one frame and
 the first call returns None. Items of the batch are independent: ``gen.reset(mask)`` restarts chosen items.
+
+Forcing: ``gen.step(user, force=tokens, force_mask=mask)`` (both [B, K, 1], K = 1 + n_q) replaces what the step
+produces: wherever ``mask[b, k]`` is True, item b's stream k takes ``tokens[b, k]`` instead of its sample, in the
+column the step samples (the next frame's text and semantic codebooks, this frame's acoustic codebooks: stream k
+of frame ``f + 1 - delays[k]`` when the user codes are frame f). The Depth Transformer takes forced tokens as the
+inputs of its next steps, so step-by-step logits equal teacher-forced logits on the forced sequence. ``embeddings`` [B, 1, dim] with ``embeddings_mask`` [B] replaces the
+Temporal Transformer's input (the summed stream embeddings) of chosen items (released PersonaPlex voices store
+these). Everything stays on the device: no host sync, and CUDA graphs still apply. With ``dep_q > own_q``
+(PersonaPlex) the Depth Transformer samples all dep_q codebooks, the user's included; the output holds the text
+and the model's own ``own_q`` codebooks.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from .sampling import sample_token
 @dataclass
 class GeneratorState(StreamingState):
     cache: torch.Tensor  # [B, K, max_delay + 2] tokens by stream and (frame mod columns)
+    given: torch.Tensor  # [B, K, max_delay + 2] bool: the cached token was given (user codes, forced), not sampled
     offsets: torch.Tensor  # [B] frames stepped, per item
     steps: int  # frames stepped since the streaming block began (host side, for the first-output rule)
     depth_cache: torch.Tensor  # [L, 2, B, H, dep_q, d] keys/values of the Depth Transformer, per frame
@@ -37,6 +48,7 @@ class GeneratorState(StreamingState):
 
     def reset(self, mask: torch.Tensor) -> None:
         masked_zero_(self.cache, mask, UNGENERATED_TOKEN)
+        masked_zero_(self.given, mask, False)
         masked_zero_(self.offsets, mask)
 
 
@@ -83,48 +95,83 @@ class Generator(StreamingModule):
         cache = torch.full((batch_size, cfg.num_streams, cfg.max_delay + 2), UNGENERATED_TOKEN, dtype=torch.long, device=device)
         offsets = torch.zeros(batch_size, dtype=torch.long, device=device)
         depth_cache = self.lm.depformer.new_cache(batch_size, device, dtype)
-        return GeneratorState(batch_size, cache, offsets, 0, depth_cache)
+        given = torch.zeros(cache.shape, dtype=torch.bool, device=device)
+        return GeneratorState(batch_size, cache, given, offsets, 0, depth_cache)
 
     @torch.no_grad()
-    def step(self, user_codes: torch.Tensor) -> torch.Tensor | None:
-        """``user_codes`` [B, >= n_q - dep_q, 1] (extra codebooks are ignored) → None while the acoustic delay
-        has not passed (the first call), then [B, 1 + dep_q, 1]: the model's text token and audio codes for
+    def step(
+        self,
+        user_codes: torch.Tensor,
+        force: torch.Tensor | None = None,
+        force_mask: torch.Tensor | None = None,
+        embeddings: torch.Tensor | None = None,
+        embeddings_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor | None:
+        """``user_codes`` [B, >= user_q, 1] (extra codebooks are ignored) → None while the acoustic delay
+        has not passed (the first call), then [B, 1 + own_q, 1]: the model's text token and audio codes for
         the frame ``max_delay`` steps back. Items stepped fewer than ``max_delay + 1`` times since their last
-        reset hold :data:`~fullduplex.lm.model.UNGENERATED_TOKEN` (-2)."""
+        reset hold :data:`~fullduplex.lm.model.UNGENERATED_TOKEN` (-2). ``force`` / ``force_mask`` [B, K, 1] and
+        ``embeddings`` [B, 1, dim] / ``embeddings_mask`` [B]: see the module docstring."""
         state = self._streaming_state
         if state is None:
             raise RuntimeError("Generator.step needs `with generator.streaming(batch_size):`")
         cfg = self.config
         B, n_user, T = user_codes.shape
-        n_in = cfg.n_q - cfg.dep_q
+        n_in, K = cfg.user_q, cfg.num_streams
         if B != state.batch_size or T != 1 or n_user < n_in:
             raise ValueError(
                 f"user codes must be shaped [{state.batch_size}, >= {n_in}, 1] (one frame per step), got {tuple(user_codes.shape)}"
             )
-        cache, offsets, columns = state.cache, state.offsets, state.cache.shape[2]
-        user_rows = slice(1 + cfg.dep_q, cfg.num_streams)
-        write = (offsets[:, None] + self.delays[user_rows]) % columns  # [B, n_in]
-        cache[:, user_rows].scatter_(2, write[..., None], user_codes[:, :n_in].to(cache.dtype))
+        if (force is None) != (force_mask is None) or (force is not None and (force.shape != (B, K, 1) or force_mask.shape != (B, K, 1))):
+            raise ValueError(f"force and force_mask go together, both shaped [{B}, {K}, 1]")
+        cache, given, offsets, columns = state.cache, state.given, state.offsets, state.cache.shape[2]
+        # The column this step opens (written now, read later) drops the flags of its previous round.
+        fresh = ((offsets + cfg.max_delay) % columns)[:, None, None].expand(B, K, 1)
+        given.scatter_(2, fresh, torch.zeros_like(fresh, dtype=torch.bool))
+        user_rows = slice(1 + cfg.own_q, K)
+        write = ((offsets[:, None] + self.delays[user_rows]) % columns)[..., None]  # [B, user_q, 1]
+        cache[:, user_rows].scatter_(2, write, user_codes[:, :n_in].to(cache.dtype))
+        given[:, user_rows].scatter_(2, write, torch.ones_like(write, dtype=torch.bool))
+        ahead = ((offsets + 1) % columns)[:, None, None].expand(B, K, 1)  # the column this step samples
+        if force is not None:
+            cache.scatter_(2, ahead, torch.where(force_mask, force.to(cache.dtype), cache.gather(2, ahead)))
+            given.scatter_(2, ahead, given.gather(2, ahead) | force_mask)
 
         unseen = offsets[:, None] <= self.delays[None, :]  # [B, K]: stream not written yet for this frame
-        read = (offsets % columns)[:, None, None].expand(B, cfg.num_streams, 1)
+        read = (offsets % columns)[:, None, None].expand(B, K, 1)
         tokens = torch.where(unseen, self.initial, cache.gather(2, read)[..., 0])  # [B, K]
 
-        hidden, text_logits = self._graphed("temporal", self.lm.temporal)(tokens[..., None])  # [B, 1, dim], [B, 1, Vt]
+        if embeddings is None:
+            hidden, text_logits = self._graphed("temporal", self.lm.temporal)(tokens[..., None])  # [B, 1, dim], [B, 1, Vt]
+        else:
+            use = embeddings_mask.view(B, 1, 1).to(embeddings.device)
+            hidden, text_logits = self._graphed("temporal_embedded", self._temporal_embedded)(tokens[..., None], embeddings, use)
         text = sample_token(text_logits[:, 0], self.temp_text, self.top_k_text, self._rng)  # [B]
-        audio = self._graphed("depth", self._depth)(text, hidden)  # [B, dep_q]
+        # What the next column already holds as given (forced ahead, or delayed user codes): the Depth Transformer
+        # takes those as inputs in place of its samples.
+        ahead = ahead[:, : 1 + cfg.dep_q]
+        next_tokens = cache[:, : 1 + cfg.dep_q].gather(2, ahead)[..., 0]  # [B, 1 + dep_q]
+        next_given = given[:, : 1 + cfg.dep_q].gather(2, ahead)[..., 0]
+        text = torch.where(next_given[:, 0], next_tokens[:, 0], text)
+        audio = self._graphed("depth", self._depth)(text, hidden, next_tokens[:, 1:], next_given[:, 1:])  # [B, dep_q]
 
         offsets.add_(1)
         state.steps += 1
-        column = (offsets % columns)[:, None, None]
-        generated = torch.cat([text[:, None], audio], dim=1)[..., None]  # [B, 1 + dep_q, 1]
-        cache[:, : 1 + cfg.dep_q].scatter_(2, column.expand(B, 1 + cfg.dep_q, 1), generated)
+        generated = torch.cat([text[:, None], audio], dim=1)  # [B, 1 + dep_q]
+        generated = torch.where(next_given, next_tokens, generated)[..., None]
+        cache[:, : 1 + cfg.dep_q].scatter_(2, ahead, generated)
         if state.steps <= cfg.max_delay:
             return None
-        back = (offsets[:, None] - cfg.max_delay + self.delays[: 1 + cfg.dep_q]) % columns
-        out = cache[:, : 1 + cfg.dep_q].gather(2, back[..., None])
+        own = 1 + cfg.own_q
+        back = (offsets[:, None] - cfg.max_delay + self.delays[:own]) % columns
+        out = cache[:, :own].gather(2, back[..., None])
         too_early = (offsets <= cfg.max_delay)[:, None, None]
         return torch.where(too_early, torch.full_like(out, UNGENERATED_TOKEN), out)
+
+    def _temporal_embedded(self, tokens: torch.Tensor, embeddings: torch.Tensor, use: torch.Tensor):
+        """The Temporal step with the input embeddings of items where ``use`` [B, 1, 1] replaced by ``embeddings``."""
+        x = self.lm.embed(tokens)
+        return self.lm.temporal_embedded(torch.where(use, embeddings.to(x.dtype), x))
 
     def _graphed(self, name: str, fn):
         """``fn``, or on CUDA its :class:`GraphedStep` for this streaming session."""
@@ -135,13 +182,14 @@ class Generator(StreamingModule):
             state.graphs[name] = GraphedStep(fn)
         return state.graphs[name]
 
-    def _depth(self, text: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        """Sample the frame's dep_q audio codebooks one by one: text [B], hidden [B, 1, dim] → [B, dep_q]."""
+    def _depth(self, text: torch.Tensor, hidden: torch.Tensor, given_tokens: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
+        """Sample the frame's dep_q audio codebooks one by one: text [B], hidden [B, 1, dim] → [B, dep_q]. Where
+        ``given`` [B, dep_q], the next step's input is ``given_tokens`` [B, dep_q] instead of the sample."""
         lm, cache = self.lm, self._streaming_state.depth_cache
         previous, out = text[:, None], []
         for k in range(self.config.dep_q):
             x = lm.depformer.step(lm.depth_input(k, hidden, previous), k, cache)
             token = sample_token(lm.linears[k](x)[:, 0], self.temp, self.top_k, self._rng)  # [B]
             out.append(token)
-            previous = token[:, None]
+            previous = torch.where(given[:, k], given_tokens[:, k], token)[:, None]
         return torch.stack(out, dim=1)

@@ -35,6 +35,7 @@ from ..errors import AudioError, CheckpointError
 from ..lm.model import UNGENERATED_TOKEN, LMModel
 from ..text.tokenizer import TextTokenizer, Word
 from .generator import Generator
+from .prompt import Schedule, run_prompt
 
 __all__ = ["GenerationResult", "Sampling", "check_models", "generate", "generate_files", "read_inputs", "write_stereo_wav"]
 
@@ -92,9 +93,9 @@ def read_inputs(paths: Sequence[str | os.PathLike[str]], sample_rate: int) -> li
 
 
 def user_codebooks(lm: LMModel) -> int:
-    """Codebooks Mimi must encode and decode for ``lm``: its ``dep_q`` (8 for Moshi), or more if the model
+    """Codebooks Mimi must encode and decode for ``lm``: its ``own_q`` (8 for Moshi), or more if the model
     hears more user codebooks than it speaks."""
-    return max(lm.config.dep_q, lm.config.n_q - lm.config.dep_q)
+    return max(lm.config.own_q, lm.config.user_q)
 
 
 def check_models(mimi: Mimi, lm: LMModel, tokenizer: TextTokenizer, source: str) -> None:
@@ -124,9 +125,12 @@ def generate(
     sampling: Sampling | None = None,
     batch_size: int = 8,
     progress: Callable[[int], None] | None = None,
+    prompt: Schedule | None = None,
 ) -> list[GenerationResult]:
     """Generate the model's side of each conversation ``wavs`` (mono [1, S] at ``mimi.sample_rate``), in batches
-    of ``batch_size`` in the given order. ``progress(n)`` is called after each step with the number of input frames
+    of ``batch_size`` in the given order. ``prompt``: a persona's forced frames
+    (:func:`~fullduplex.inference.prompt.build_schedule`), stepped before each batch's first frame; the output
+    timeline still starts with the user's first frame, whose step already gives the model's audio. ``progress(n)`` is called after each step with the number of input frames
     it completed (padding past an input's end does not count; the total is the sum of ceil(S / 1920)).
     Call :func:`check_models` first. Returns one result per input, in order."""
     if batch_size < 1:
@@ -135,7 +139,7 @@ def generate(
     gen = Generator(lm, sampling.temp, sampling.temp_text, sampling.top_k, sampling.top_k_text, sampling.seed)
     results: list[GenerationResult] = []
     for start in range(0, len(wavs), batch_size):
-        results.extend(_generate_batch(list(wavs[start : start + batch_size]), mimi, gen, tokenizer, progress))
+        results.extend(_generate_batch(list(wavs[start : start + batch_size]), mimi, gen, tokenizer, progress, prompt))
     return results
 
 
@@ -158,10 +162,10 @@ def generate_files(
 
 def _generate_batch(
     wavs: list[torch.Tensor], mimi: Mimi, gen: Generator, tokenizer: TextTokenizer,
-    progress: Callable[[int], None] | None,
+    progress: Callable[[int], None] | None, prompt: Schedule | None = None,
 ) -> list[GenerationResult]:
     """One streaming session of Mimi and the generator over ``len(wavs)`` items."""
-    frame, dep_q = mimi.frame_size, gen.config.dep_q
+    frame, own_q = mimi.frame_size, gen.config.own_q
     weight = next(mimi.parameters())
     lengths = [w.shape[-1] for w in wavs]
     frames = math.ceil(max(lengths) / frame)
@@ -169,9 +173,11 @@ def _generate_batch(
     for b, wav in enumerate(wavs):
         user[b, :, : wav.shape[-1]] = wav
     silence = torch.zeros(len(wavs), 1, frame, device=weight.device)
-    missing = torch.full((len(wavs), 1 + dep_q, 1), UNGENERATED_TOKEN, dtype=torch.long, device=weight.device)
-    pcm, steps = [], []  # per step: model audio [B, 1, frame], tokens [B, 1 + dep_q, 1]
+    missing = torch.full((len(wavs), 1 + own_q, 1), UNGENERATED_TOKEN, dtype=torch.long, device=weight.device)
+    pcm, steps = [], []  # per step: model audio [B, 1, frame], tokens [B, 1 + own_q, 1]
     with torch.inference_mode(), mimi.streaming(len(wavs)), gen.streaming(len(wavs)):
+        if prompt is not None:
+            run_prompt(gen, prompt)
         for t in range(frames):
             chunk = user[..., t * frame : (t + 1) * frame].to(weight.device, weight.dtype)  # [B, 1, frame]
             codes = mimi.encode(chunk)  # [B, K, 1]
@@ -180,14 +186,14 @@ def _generate_batch(
                 steps.append(missing)
                 pcm.append(silence)
             else:
-                audio = out[:, 1:]  # [B, dep_q, 1]
+                audio = out[:, 1:]  # [B, own_q, 1]
                 ready = (audio >= 0).all(dim=1, keepdim=True)  # [B, 1, 1]: items with a whole frame of codes
                 decoded = mimi.decode(audio.clamp(min=0))  # [B, 1, frame]
                 steps.append(out)
                 pcm.append(torch.where(ready, decoded.float(), silence))
             if progress is not None:  # frames of the items still inside their own input
                 progress(sum(t < math.ceil(length / frame) for length in lengths))
-        tokens = torch.cat(steps, dim=-1).cpu()  # [B, 1 + dep_q, T]
+        tokens = torch.cat(steps, dim=-1).cpu()  # [B, 1 + own_q, T]
         model = torch.cat(pcm, dim=-1).float().cpu()  # [B, 1, T * frame]
     results = []
     for b, length in enumerate(lengths):

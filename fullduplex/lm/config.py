@@ -37,8 +37,8 @@ class LMConfig:
     text_card_out: int | None = None  # text head size; None: text_card
     existing_text_padding_id: int = 3
     existing_text_end_padding_id: int = 0
-    n_q: int = 16  # audio streams: dep_q of the model's own + the user's
-    dep_q: int = 8  # audio codebooks the Depth Transformer generates
+    n_q: int = 16  # audio streams: the model's own (own_q) + the user's
+    dep_q: int = 8  # audio codebooks the Depth Transformer generates (16 for PersonaPlex: its own, then the user's)
     card: int = 2048
     depformer_dim: int = 1024
     depformer_dim_feedforward: int | None = 4224  # None: int(hidden_scale * depformer_dim)
@@ -51,6 +51,8 @@ class LMConfig:
             raise ValueError(f"delays has {len(self.delays)} entries; expected 1 + n_q = {1 + self.n_q}")
         if self.dep_q > self.n_q:
             raise ValueError(f"dep_q ({self.dep_q}) cannot exceed n_q ({self.n_q})")
+        if self.dep_q > self.n_q // 2 and self.n_q % 2:
+            raise ValueError(f"dep_q ({self.dep_q}) > n_q / 2 needs an even n_q (half the model's, half the user's), got {self.n_q}")
         if self.dim % self.num_heads or self.depformer_dim % self.depformer_num_heads:
             raise ValueError("dim and depformer_dim must be divisible by their number of heads")
 
@@ -59,6 +61,17 @@ class LMConfig:
     def num_streams(self) -> int:
         """K: text + all audio streams (17 for Moshi)."""
         return 1 + self.n_q
+
+    @property
+    def own_q(self) -> int:
+        """Audio codebooks of the model's own voice (8 for Moshi and PersonaPlex): ``dep_q``, or ``n_q / 2`` when
+        the Depth Transformer also predicts the user's codebooks (PersonaPlex: ``dep_q = n_q = 16``)."""
+        return self.dep_q if self.dep_q <= self.n_q // 2 else self.n_q // 2
+
+    @property
+    def user_q(self) -> int:
+        """Audio codebooks of the user (streams ``1 + own_q`` .. ``n_q``)."""
+        return self.n_q - self.own_q
 
     @property
     def text_vocab_out(self) -> int:
@@ -147,6 +160,8 @@ PRESETS: dict[str, LMConfig] = {
         dim=1024, num_heads=16, num_layers=16, depformer_dim=512, depformer_num_heads=8, depformer_num_layers=4,
         depformer_dim_feedforward=2112,
     ),
+    # NVIDIA PersonaPlex 7B (nvidia/personaplex-7b-v1): moshiko with 16 depth steps (the user's codebooks too).
+    "personaplex": LMConfig(dep_q=16),
     # For tests: a few hundred thousand parameters, short context so the ring cache wraps quickly; its audio
     # vocabulary (32) is that of the tiny Mimi preset, so the two run together.
     "tiny": LMConfig(

@@ -1,7 +1,8 @@
 """The Moshi LM: a Temporal Transformer over 80 ms frames and a Depth Transformer over each frame's codebooks.
 
 Streams (K = 1 + n_q = 17 for Moshi), in this order: text (the inner monologue), the model's audio codebooks
-0 .. dep_q - 1, the user's audio codebooks. The model is trained and run on *delayed* streams (acoustic codebooks
+0 .. own_q - 1, the user's audio codebooks. The Depth Transformer predicts the first dep_q audio streams: the
+model's own (Moshi, dep_q = 8), or the model's and then the user's (PersonaPlex, dep_q = 16). The model is trained and run on *delayed* streams (acoustic codebooks
 one frame late); :meth:`LMModel.forward` takes and returns undelayed, time-aligned tensors.
 """
 
@@ -106,7 +107,11 @@ class LMModel(nn.Module):
     def temporal(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Temporal Transformer on delayed input tokens [B, K, T] → (hidden [B, T, dim] after ``out_norm``,
         text logits [B, T, Vt])."""
-        hidden = self.out_norm(self.transformer(self.embed(tokens)))
+        return self.temporal_embedded(self.embed(tokens))
+
+    def temporal_embedded(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`temporal` from the summed input embeddings ``x`` [B, T, dim] (as :meth:`embed` gives them)."""
+        hidden = self.out_norm(self.transformer(x))
         return hidden, self.text_linear(hidden)
 
     def depth_input(self, k: int, hidden: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """The real-time server: every live conversation in one batched model step per 80 ms frame.
 
 Routes: ``GET /`` (the web page: ``fullduplex/server/static``, served from the package, nothing from a CDN),
-``GET /api/chat`` (WebSocket, the Moshi wire protocol: see ``docs/protocol.md``), ``GET /api/health``
+``GET /api/chat`` (WebSocket, the Moshi wire protocol: see ``docs/protocol.md``; PersonaPlex's ``text_prompt`` and
+``voice_prompt`` query parameters choose a persona, see ``docs/personas.md``), ``GET /api/voices``, ``GET /api/health``
 (JSON), ``GET /api/metrics`` (Prometheus text). The model runs in :class:`~fullduplex.inference.Engine` on one
 worker thread; the event loop only moves bytes.
 
@@ -29,6 +30,7 @@ from aiohttp import WSMsgType, web
 from ..inference.engine import Engine, EngineFull, Session
 from ..text.tokenizer import TextTokenizer
 from . import protocol
+from .personas import PersonaError, PersonaLibrary, persona_trained
 
 log = logging.getLogger("fullduplex.server")
 
@@ -62,8 +64,10 @@ class Server:
         tokenizer: TextTokenizer,
         config: ServerConfig | None = None,
         model_thread: ThreadPoolExecutor | None = None,
+        personas: PersonaLibrary | None = None,
     ) -> None:
         self.engine, self.tokenizer, self.config = engine, tokenizer, config or ServerConfig()
+        self.personas = personas
         # All model work belongs on one thread: torch's OpenMP keeps a thread team per calling thread, and once two
         # teams exist on 2 cores an engine step took 95 ms instead of 63 (measured). Load the models with
         # `model_thread.submit(...)` too, then hand it here (see `fullduplex serve`).
@@ -81,6 +85,7 @@ class Server:
         app.router.add_get("/", self.index)
         app.router.add_static("/static", STATIC, follow_symlinks=False)
         app.router.add_get("/api/chat", self.chat)
+        app.router.add_get("/api/voices", self.voices)
         app.router.add_get("/api/health", self.health)
         app.router.add_get("/api/metrics", self.metrics)
         app.on_startup.append(self._start)
@@ -120,7 +125,8 @@ class Server:
         frame, period = self.engine.mimi.frame_size, self.config.frame_seconds
         last = loop.time()
         while True:
-            if not any(s.buffered >= frame for s in self._started()):
+            prompting = any(s is not None and s.prompting for s in self.engine.sessions)
+            if not prompting and not any(s.buffered >= frame for s in self._started()):
                 self._input.clear()
                 await self._input.wait()
                 continue
@@ -166,8 +172,19 @@ class Server:
             await ws.send_bytes(protocol.error("the server's model failed; see its log"))
             await ws.close()
             return ws
+        persona = None
+        if self.personas is not None:
+            query = request.query
+            try:
+                persona = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self.personas.persona, query.get("text_prompt"), query.get("voice_prompt"))
+            except PersonaError as e:
+                self.errors += 1
+                await ws.send_bytes(protocol.error(str(e)))
+                await ws.close()
+                return ws
         try:
-            session = self.engine.open()
+            session = self.engine.open(persona)
         except EngineFull as e:
             self.refused += 1
             await ws.send_bytes(protocol.error(str(e)))
@@ -175,18 +192,24 @@ class Server:
             return ws
         ready = asyncio.Event()
         self._outputs[session.slot] = ready
-        sender = asyncio.create_task(self._send(ws, session, ready))
+        sender = None
         try:
+            while not session.live and not ws.closed:  # the persona's prompt runs in the slot: handshake after it
+                self._input.set()
+                await ready.wait()
+                ready.clear()
+            sender = asyncio.create_task(self._send(ws, session, ready))
             await ws.send_bytes(protocol.handshake())
             await self._receive(ws, session)
         finally:
             self.engine.close(session)
             self._outputs.pop(session.slot, None)
-            sender.cancel()
-            try:
-                await sender
-            except (asyncio.CancelledError, ConnectionError):
-                pass
+            if sender is not None:
+                sender.cancel()
+                try:
+                    await sender
+                except (asyncio.CancelledError, ConnectionError):
+                    pass
             if not ws.closed:
                 await ws.close()
         return ws
@@ -246,6 +269,16 @@ class Server:
         """False once the stepping task has died (a failed model step): sessions would get no more audio."""
         return self._task is not None and not self._task.done()
 
+    async def voices(self, request: web.Request) -> web.Response:
+        """The voice folder's voices and the defaults, for the web page's menu."""
+        lib = self.personas
+        if lib is None:
+            return web.json_response({"voices": [], "default_voice": None, "default_text": None, "persona_trained": False})
+        return web.json_response({
+            "voices": lib.voices(), "default_voice": lib.default_voice, "default_text": lib.default_text,
+            "persona_trained": persona_trained(lib.config),
+        })
+
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response(
             {"status": "ok" if self.healthy else "error", "sessions": self.engine.active,
@@ -269,6 +302,11 @@ class Server:
             f"fullduplex_sessions_refused_total {self.refused}",
             "# TYPE fullduplex_session_errors_total counter",
             f"fullduplex_session_errors_total {self.errors}",
+            "# HELP fullduplex_persona_cache_bytes Prompt cache: bytes held, entries, hits, misses.",
+            f"fullduplex_persona_cache_bytes {self.engine.personas.nbytes}",
+            f"fullduplex_persona_cache_entries {len(self.engine.personas)}",
+            f"fullduplex_persona_cache_hits_total {self.engine.personas.hits}",
+            f"fullduplex_persona_cache_misses_total {self.engine.personas.misses}",
             "# HELP fullduplex_step_seconds Model step time over the last 1000 steps.",
             "# TYPE fullduplex_step_seconds summary",
         ]

@@ -12,7 +12,7 @@
   const ui = {
     button: $("connect"), status: $("status"), statusText: $("status-text"), latency: $("latency"),
     notice: $("notice"), micLevel: $("mic-level"), modelLevel: $("model-level"), stats: $("stats"),
-    transcript: $("transcript"),
+    transcript: $("transcript"), persona: $("persona"), textPrompt: $("text-prompt"), voicePrompt: $("voice-prompt"),
   };
 
   let conv = null; // the live conversation, or null
@@ -33,6 +33,11 @@
     url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
     const token = new URLSearchParams(window.location.search).get("auth_token");
     if (token) url.searchParams.set("auth_token", token);
+    // A persona (PersonaPlex's query parameters): sent only when the server offers personas.
+    if (!ui.persona.hidden) {
+      url.searchParams.set("text_prompt", ui.textPrompt.value.trim());
+      url.searchParams.set("voice_prompt", ui.voicePrompt.value);
+    }
     return url.toString();
   }
 
@@ -99,7 +104,7 @@
         this.player.port.postMessage(pcm, [pcm.buffer]);
       };
 
-      setStatus("connecting", "Connecting to the server…");
+      setStatus("connecting", ui.persona.hidden ? "Connecting to the server…" : "Connecting (the persona's prompt runs first)…");
       this.ws = new WebSocket(chatUrl());
       this.ws.binaryType = "arraybuffer";
       this.ws.onmessage = (event) => this.onMessage(new Uint8Array(event.data));
@@ -240,6 +245,19 @@
       if (conv) conv.fail(err.message || String(err));
     }
   });
+
+  // The persona box: shown when the server lists voices or its model was trained with persona prompts.
+  fetch("api/voices").then((r) => (r.ok ? r.json() : null)).then((info) => {
+    if (!info || (!info.voices.length && !info.persona_trained)) return;
+    for (const name of info.voices) {
+      const option = document.createElement("option");
+      option.value = option.textContent = name;
+      ui.voicePrompt.appendChild(option);
+    }
+    if (info.default_voice) ui.voicePrompt.value = info.default_voice;
+    if (info.default_text) ui.textPrompt.value = info.default_text;
+    ui.persona.hidden = false;
+  }).catch(() => { /* an older server: no personas */ });
 
   if (typeof Recorder === "undefined" || !Recorder.isRecordingSupported()) {
     ui.button.disabled = true;

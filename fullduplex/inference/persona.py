@@ -1,0 +1,158 @@
+"""Personas and the prompt cache: a (voice, role prompt) pair's generator state, computed once, copied into any
+batch slot.
+
+The reference re-runs the whole prompt (voice, silence, role text, silence: 50 to 200+ frames) for every connection.
+Here the state a prompt leaves behind is kept: :func:`snapshot` takes one batch item's state after the prompt's
+first ``T - 1`` steps (the Temporal Transformer's keys and values with their positions, the token ring and its
+given-flags, the offsets) and :func:`restore` writes it into any item of a running generator, wherever its ring
+stands. The prompt's last step is then run normally (:func:`~fullduplex.inference.prompt.prompt_step`) in the
+batch it joins: that step is the first to sample a token the conversation keeps, so it draws from the session's
+own random stream, and a cached start is bit-identical to running the whole prompt in that slot, greedy or
+sampled. Mimi keeps nothing from the prompt (the user's channel is forced to the sine codes; the reference resets
+Mimi before the user's audio), so a slot's codec state is simply reset when the session joins.
+:class:`PersonaCache` keeps such states in an LRU bounded in bytes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import torch
+
+from .generator import Generator
+from .prompt import Schedule, StepInputs, step_inputs
+
+
+@dataclass(frozen=True, eq=False)
+class Persona:
+    """What a session asks for: ``key`` identifies it in the cache (voice file identity and role text);
+    ``schedule`` its forced frames (:func:`~fullduplex.inference.prompt.build_schedule`)."""
+
+    key: tuple
+    schedule: Schedule
+    inputs: StepInputs
+
+    @classmethod
+    def from_schedule(cls, key: tuple, schedule: Schedule, config) -> Persona:
+        if len(schedule) < 2:
+            raise ValueError("a persona prompt needs at least 2 frames")
+        return cls(key, schedule, step_inputs(schedule, config))
+
+    @property
+    def frames(self) -> int:
+        return len(self.schedule)
+
+
+@dataclass(frozen=True)
+class PersonaState:
+    """One item's generator state after ``steps`` prompt steps (:func:`snapshot`). Temporal keys/values
+    [L, 2, H, n, d] for absolute ``positions`` [n] (oldest first), the transformer's ``offset``, the token ring
+    ``cache`` / ``given`` [K, C] and the generator's ``offset``."""
+
+    kv: torch.Tensor
+    positions: torch.Tensor
+    transformer_offset: int
+    cache: torch.Tensor
+    given: torch.Tensor
+    offset: int
+    steps: int
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.kv, self.positions, self.cache, self.given))
+
+
+@torch.no_grad()
+def snapshot(gen: Generator, item: int) -> PersonaState:
+    """Copy item ``item``'s state out of a streaming ``gen`` (host work: not for the hot path)."""
+    transformer = gen.lm.transformer
+    index = transformer.state
+    positions = index.positions[item]
+    slots = torch.nonzero(positions >= 0)[:, 0]
+    order = slots[torch.argsort(positions[slots])]  # oldest first
+    kv = torch.stack([
+        torch.stack([layer.self_attn.state.keys[item][:, order], layer.self_attn.state.values[item][:, order]])
+        for layer in transformer.layers
+    ])  # [L, 2, H, n, d]
+    state = gen.state
+    return PersonaState(
+        kv.clone(), positions[order].clone(), int(index.offset[item]), state.cache[item].clone(),
+        state.given[item].clone(), int(state.offsets[item]), int(state.offsets[item]),
+    )
+
+
+@torch.no_grad()
+def restore(gen: Generator, item: int, persona: PersonaState) -> None:
+    """Write ``persona`` into item ``item`` of a streaming ``gen``: its keys go to the ring slots just behind the
+    shared write slot, as if the item had stepped through the prompt there; its other slots are emptied."""
+    transformer = gen.lm.transformer
+    index = transformer.state
+    capacity, n = index.capacity, persona.positions.shape[0]
+    if n > capacity:
+        raise ValueError(f"persona state holds {n} positions; the ring holds {capacity}")
+    device = index.positions.device
+    slots = (index.write + torch.arange(-n, 0, device=device)) % capacity  # [n], on the device: no sync
+    if device.type == "cpu" and index.filled < capacity and int(index.write) < n:
+        index.filled = capacity  # CPU attends to the first `filled` slots only; these wrap past them
+    positions = torch.full((capacity,), -1, dtype=index.positions.dtype, device=device)
+    positions[slots] = persona.positions.to(device)
+    index.positions[item] = positions
+    index.offset[item] = persona.transformer_offset
+    kv = persona.kv.to(device)
+    for layer, (keys, values) in zip(transformer.layers, kv, strict=True):
+        layer.self_attn.state.keys[item].index_copy_(1, slots, keys.to(layer.self_attn.state.keys.dtype))
+        layer.self_attn.state.values[item].index_copy_(1, slots, values.to(layer.self_attn.state.values.dtype))
+    state = gen.state
+    state.cache[item] = persona.cache.to(device)
+    state.given[item] = persona.given.to(device)
+    state.offsets[item] = persona.offset
+
+
+@torch.no_grad()
+def prefill(gen: Generator, persona: Persona) -> PersonaState:
+    """The persona's state from a fresh batch-1 run of its first ``T - 1`` prompt steps (``gen`` must not be
+    streaming). The engine instead runs the prompt in the session's own slot and snapshots it there."""
+    from .prompt import run_prompt
+
+    with gen.streaming(1):
+        run_prompt(gen, persona.schedule, steps=persona.frames - 1)
+        return snapshot(gen, 0)
+
+
+@dataclass
+class PersonaCache:
+    """LRU of :class:`PersonaState` by persona key, at most ``max_bytes`` in total (0 keeps nothing). Thread-safe."""
+
+    max_bytes: int = 1 << 30
+    hits: int = 0
+    misses: int = 0
+    _states: OrderedDict = field(default_factory=OrderedDict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s.nbytes for s in self._states.values())
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def get(self, key: tuple) -> PersonaState | None:
+        with self._lock:
+            state = self._states.get(key)
+            if state is None:
+                self.misses += 1
+                return None
+            self._states.move_to_end(key)
+            self.hits += 1
+            return state
+
+    def put(self, key: tuple, state: PersonaState) -> None:
+        with self._lock:
+            if state.nbytes > self.max_bytes:
+                return
+            self._states[key] = state
+            self._states.move_to_end(key)
+            while self.nbytes > self.max_bytes:
+                self._states.popitem(last=False)
