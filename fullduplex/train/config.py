@@ -261,6 +261,11 @@ def load_config(
             if not isinstance(node, dict):
                 raise ConfigError(f"--override {item!r}: {k} is not a section")
         node[keys[-1]] = value
+    if isinstance(raw, dict) and raw.get("task", "lm") != "lm":
+        raise ConfigError(f"{source}: task {raw['task']!r} is not an LM recipe (task: codec recipes run through "
+                          "fullduplex.train.codec)")
+    if isinstance(raw, dict):
+        raw.pop("task", None)
     cfg = _build(TrainConfig, raw, "", source)
     _validate(cfg, source, base, check_paths)
     # Relative input paths are relative to the recipe, not the working directory.
