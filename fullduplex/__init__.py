@@ -2,15 +2,17 @@
 
 >>> import fullduplex as fd
 >>> mimi = fd.load_mimi("tokenizer-e351c8d8-checkpoint125.safetensors")
+>>> mimi, lm, tokenizer = fd.load_demo()   # the small demo model bundled with the package
 """
 
 from .checkpoint import load_lm, load_mimi, save_lm, save_mimi
 from .codec import Mimi, MimiConfig
+from .demo import load_demo
 from .inference import Generator
 from .lm import LMConfig, LMModel, LMOutput
 
 __version__ = "0.1.0"
 __all__ = [
-    "Generator", "LMConfig", "LMModel", "LMOutput", "Mimi", "MimiConfig", "__version__", "load_lm", "load_mimi",
+    "Generator", "LMConfig", "LMModel", "LMOutput", "Mimi", "MimiConfig", "__version__", "load_demo", "load_lm", "load_mimi",
     "save_lm", "save_mimi",
 ]
