@@ -4,7 +4,7 @@
     python scripts/demo_tools.py channels MANIFEST --output DIR [--right-only]
     python scripts/demo_tools.py text-loss --model DIR --valid SHARDS --train SHARDS --output text_loss.json
     python scripts/demo_tools.py onsets --generated DIR --truth DIR --output onsets.json
-    python scripts/demo_tools.py pack --lm DIR --codec RUN --output fullduplex/assets/demo [--user-sample WAV]
+    python scripts/demo_tools.py pack --lm DIR --codec RUN --output fullduplex/assets/demo [--user-sample DIALOGUE.wav]
 """
 
 from __future__ import annotations
@@ -173,10 +173,11 @@ def cmd_pack(args: argparse.Namespace) -> None:
     mimi = load_mimi(codec_run / "mimi.safetensors", config=MimiConfig.from_moshi_dict(mimi_config), num_codebooks=None)
     save_mimi(mimi, tmp / "mimi.safetensors", dtype=torch.float16)
     shutil.copyfile(lm_dir / lm_config["tokenizer_name"], tmp / "tokenizer.model")
-    if args.user_sample:  # the recorded user of scripts/demo.sh, at 16 kHz to save space
-        from fullduplex.codec.audio import read_audio, write_wav
+    if args.user_sample:  # the user (right channel) of a held-out dialogue: scripts/demo.sh's input, 16 kHz
+        from fullduplex.codec.audio import write_wav
+        from fullduplex.data.formats import read_stereo
 
-        write_wav(tmp / "user.wav", read_audio(args.user_sample, 16000), 16000)
+        write_wav(tmp / "user.wav", read_stereo(args.user_sample, 16000)[1:2], 16000)
     lm_config.update(moshi_name="model.safetensors", mimi_name="mimi.safetensors", tokenizer_name="tokenizer.model",
                      mimi_config=mimi_config)
     (tmp / "config.json").write_text(json.dumps(lm_config, indent=1) + "\n")
@@ -215,7 +216,7 @@ def main() -> None:
     p.add_argument("--lm", required=True)
     p.add_argument("--codec", required=True)
     p.add_argument("--output", required=True)
-    p.add_argument("--user-sample", help="a user recording to ship as user.wav (the demo's input)")
+    p.add_argument("--user-sample", help="a stereo dialogue whose right channel (the user) ships as user.wav")
     p.set_defaults(func=cmd_pack)
     args = parser.parse_args()
     args.func(args)

@@ -76,6 +76,7 @@ class CodecLossConfig:
     commitment_weight: float = 1.0
     scales: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048])  # STFT window lengths (samples)
     mel_bins: int = 64
+    log_floor: float = 0.1  # added to magnitudes before the log: ~-60 dB, so digital silence is not a cliff
     ema_decay: float = 0.99
     dead_ratio: float = 0.1
 
@@ -178,6 +179,8 @@ def load_codec_config(path: str | Path | None, overrides: list[str] = (), raw: d
         raise bad("optim.schedule", f"must be cosine or constant, got {cfg.optim.schedule!r}")
     if len(cfg.optim.betas) != 2 or not all(0 <= b < 1 for b in cfg.optim.betas):
         raise bad("optim.betas", f"must be two numbers in [0, 1), got {cfg.optim.betas}")
+    if cfg.loss.log_floor <= 0:
+        raise bad("loss.log_floor", f"must be > 0, got {cfg.loss.log_floor}")
     if not cfg.loss.scales or any(s < 16 for s in cfg.loss.scales):
         raise bad("loss.scales", f"must be window lengths of at least 16 samples, got {cfg.loss.scales}")
 
@@ -310,11 +313,12 @@ class ReconstructionLoss(torch.nn.Module):
             window = getattr(self, f"window_{n}")
             spec_y = torch.stft(y, n, n // 4, window=window, return_complex=True).abs()
             spec_x = torch.stft(x, n, n // 4, window=window, return_complex=True).abs()
-            stft = stft + (torch.log(spec_y + 1e-5) - torch.log(spec_x + 1e-5)).abs().mean()
+            floor = self.cfg.log_floor
+            stft = stft + (torch.log(spec_y + floor) - torch.log(spec_x + floor)).abs().mean()
             filters = getattr(self, f"mel_{n}")
             mel_y = torch.einsum("mf,bft->bmt", filters, spec_y)
             mel_x = torch.einsum("mf,bft->bmt", filters, spec_x)
-            mel = mel + (torch.log(mel_y + 1e-5) - torch.log(mel_x + 1e-5)).abs().mean()
+            mel = mel + (torch.log(mel_y + floor) - torch.log(mel_x + floor)).abs().mean()
         scales = len(self.cfg.scales)
         return {"mel": mel / scales, "stft": stft / scales, "wave": (y - x).abs().mean()}
 

@@ -31,11 +31,13 @@ def test_shipped_files_load_and_fit_together():
     assert (lm.config.dim, lm.config.num_layers, lm.config.depformer_dim) == (demo.dim, demo.num_layers, demo.depformer_dim)
     assert next(lm.parameters()).dtype == torch.float32  # float16 on disk, float32 to run on CPU
     assert demo_config()["mimi_name"] == files["mimi"].name
-    with torch.no_grad():  # the codec reconstructs speech: its output follows the input, not noise
-        wav = speech(1.6)
+    with torch.no_grad():  # the codec follows speech and silence: frame energies of input and output correlate
+        wav = torch.cat([speech(1.2), torch.zeros(1, 1, 19200), speech(1.2)], dim=-1)
         out = mimi.decode(mimi.encode(wav))[..., : wav.shape[-1]]
-        assert torch.corrcoef(torch.stack([out.flatten()[480:], wav.flatten()[:-480]]))[0, 1] > -1  # finite
-        assert out.abs().max() < 4 and torch.isfinite(out).all()
+        energy_in = wav.view(-1, 1920).square().mean(-1).sqrt()
+        energy_out = out.reshape(-1, 1920).square().mean(-1).sqrt()
+        assert torch.isfinite(out).all()
+        assert torch.corrcoef(torch.stack([energy_in, energy_out]))[0, 1] > 0.5
 
 
 def test_generate_defaults_to_the_demo_model(tmp_path, capsys):
@@ -70,9 +72,8 @@ def test_explicit_checkpoints_do_not_use_the_demo(tmp_path, capsys):
 
 
 def test_serve_help_and_message_name_the_demo(capsys):
-    with pytest.raises(SystemExit):
-        main(["serve", "--help"])
-    assert "demo model" in capsys.readouterr().out
+    assert main(["serve", "--help"]) == 0
+    assert "the bundled demo model is served" in capsys.readouterr().out
 
 
 def test_damaged_demo_folder_is_one_clear_error(tmp_path):
