@@ -14,7 +14,7 @@
 #   8. copy the packed model into fullduplex/assets/demo    (skipped with DEMO_INSTALL=0)
 #
 # Sizes (environment): DEMO_DIALOGUES (train, default 160), DEMO_VALID_DIALOGUES (8), DEMO_VOCAB (400),
-# DEMO_CODEC_STEPS (1000), DEMO_LM_STEPS (300), DEMO_THREADS (torch threads, default 1: on a shared or 2-core machine one thread is faster). A step that already
+# DEMO_CODEC_STEPS (1600), DEMO_LM_STEPS (1200), DEMO_THREADS (torch threads, default 1: on a shared or 2-core machine one thread is faster). A step that already
 # finished (its output exists) is skipped, so an interrupted run resumes; training steps resume from their
 # checkpoints. Needs espeak-ng (apt install espeak-ng).
 set -euo pipefail
@@ -25,8 +25,8 @@ OUT="$(mkdir -p "${1:-$ROOT/runs/demo}" && cd "${1:-$ROOT/runs/demo}" && pwd)"
 N_TRAIN="${DEMO_DIALOGUES:-160}"
 N_VALID="${DEMO_VALID_DIALOGUES:-8}"
 VOCAB="${DEMO_VOCAB:-400}"
-CODEC_STEPS="${DEMO_CODEC_STEPS:-1000}"
-LM_STEPS="${DEMO_LM_STEPS:-300}"
+CODEC_STEPS="${DEMO_CODEC_STEPS:-1600}"
+LM_STEPS="${DEMO_LM_STEPS:-1200}"
 export OMP_NUM_THREADS="${DEMO_THREADS:-1}"
 START=$(date +%s)
 stamp() { echo "==> [$(( ($(date +%s) - START) / 60 )) min] $*"; }
