@@ -49,7 +49,8 @@ from .models import add_model_arguments, load_models, sampling_from_args
 
 EPILOG = f"""\
 examples:
-  fullduplex generate --input question.wav --output answer.wav --transcript answer.json
+  fullduplex generate --input question.wav --output answer.wav --transcript answer.json      # the demo model
+  fullduplex generate --input question.wav --output answer.wav --hf-repo kyutai/moshiko-pytorch-bf16
   fullduplex generate --input a.wav b.flac c.mp3 --output out/ --transcript out/ --tokens-out out/tokens.safetensors
   fullduplex generate --input talk.wav --output talk.out.wav --hf-repo nu-dialogue/j-moshi-ext --temp 0 --temp-text 0
   fullduplex generate --input talk.wav --output o.wav --moshi-weight model.safetensors --config config.json \\
@@ -70,7 +71,10 @@ outputs:
   --tokens-out X      safetensors: per input stem an int32 [1 + dep_q, frames] tensor (text, audio codes;
                       -2 = none), metadata frame_rate, delays, inputs, ...
 
-Checkpoints default to the Hugging Face repo {DEFAULT_REPO} (downloaded once, then cached).
+With no checkpoint option, the small demo model bundled with fullduplex answers (a 6M-parameter model trained
+on synthetic espeak-ng dialogues: it shows the machinery, it is no conversation partner; docs/demo.md). With any
+checkpoint option, files not given come from the Hugging Face repo {DEFAULT_REPO} (downloaded once, then cached):
+  fullduplex generate --input talk.wav --output talk.out.wav --hf-repo {DEFAULT_REPO}
 """
 
 

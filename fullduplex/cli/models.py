@@ -26,8 +26,12 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def add_model_arguments(parser: argparse.ArgumentParser, seed_help: str = "random seed (default: 4242)") -> Any:
     """The ``checkpoint``, ``sampling`` and ``run`` option groups (``--hf-repo`` ... ``--dtype``); returns the
     ``run`` group, for the command's own run options."""
-    ckpt = parser.add_argument_group("checkpoint")
-    ckpt.add_argument("--hf-repo", metavar="OWNER/NAME", help=f"Hugging Face repo of all files (default: {DEFAULT_REPO})")
+    ckpt = parser.add_argument_group(
+        "checkpoint", "with none of these options, the small demo model bundled with fullduplex is used; "
+        f"--hf-repo {DEFAULT_REPO} loads the released Moshi")
+    ckpt.add_argument("--hf-repo", metavar="OWNER/NAME",
+                      help=f"Hugging Face repo of all files (e.g. {DEFAULT_REPO}; default for files not given "
+                      "when any checkpoint option is set)")
     ckpt.add_argument("--moshi-weight", metavar="FILE", help="LM checkpoint: file, folder or hf://OWNER/REPO[/FILE]")
     ckpt.add_argument("--mimi-weight", metavar="FILE", help="Mimi checkpoint: file, folder or hf://OWNER/REPO[/FILE]")
     ckpt.add_argument("--tokenizer", metavar="FILE", help="SentencePiece .model of the LM's text vocabulary")
@@ -83,10 +87,30 @@ def sampling_from_args(args: argparse.Namespace) -> Sampling:
     return Sampling(args.temp, args.temp_text, args.top_k, args.top_k_text, args.seed)
 
 
+MODEL_OPTIONS = ("hf_repo", "moshi_weight", "mimi_weight", "tokenizer", "config", "lora_weight", "mimi_config")
+
+
+def wants_demo(args: argparse.Namespace) -> bool:
+    """Whether no model option was given, so the bundled demo model is used (see :mod:`fullduplex.demo`)."""
+    return all(getattr(args, name, None) is None for name in MODEL_OPTIONS)
+
+
 def load_models(args: argparse.Namespace) -> Models:
-    """Tokenizer, LM and Mimi from the options of :func:`add_model_arguments`, checked against each other."""
+    """Tokenizer, LM and Mimi from the options of :func:`add_model_arguments`, checked against each other. With
+    no model option at all, the bundled demo model (and a note on stderr saying so and how to load a released
+    one)."""
     sampling = sampling_from_args(args)
     device = resolve_device(args.device)
+    if wants_demo(args):
+        import sys
+
+        from ..demo import NOTICE, demo_files, load_demo
+
+        print(NOTICE, file=sys.stderr, flush=True)
+        files = demo_files()
+        mimi, lm, tokenizer = load_demo(device, DTYPES.get(args.dtype or ""), quantize=getattr(args, "quantize", None))
+        check_models(mimi, lm, tokenizer, str(files["lm"]))
+        return Models(mimi, lm, tokenizer, files["lm"], files["mimi"], sampling)
     tokenizer = TextTokenizer.load(args.tokenizer, hf_repo=args.hf_repo)
     lm_path, repo_config = resolve_lm(args.moshi_weight, args.hf_repo)
     lora = (Path(args.lora_weight), 2.0) if args.lora_weight else resolve_lora(args.moshi_weight, args.hf_repo)

@@ -14,11 +14,15 @@ from .models import add_model_arguments, load_models
 
 EPILOG = """\
 examples:
+  fullduplex serve                                  # the small demo model bundled with fullduplex (CPU is enough)
   fullduplex serve --hf-repo kyutai/moshiko-pytorch-bf16
   fullduplex serve --hf-repo JoshTalksAI/Human-1 --max-sessions 16
   fullduplex serve --hf-repo nu-dialogue/j-moshi-ext --host 0.0.0.0 --auth-token "$TOKEN" --ssl ./certs
   fullduplex serve --hf-repo nvidia/personaplex-7b-v1 --voice-dir voices --voice NATF2.pt \
       --text-prompt "You work for a bike shop; be brief."
+
+With no checkpoint option the bundled demo model is served (docs/demo.md): trained on synthetic espeak-ng
+dialogues, it shows the whole system working, not a conversation partner.
 
 Clients connect to ws://HOST:PORT/api/chat (wss:// with --ssl): existing Moshi clients work unchanged, and
 `fullduplex client --url ws://HOST:PORT --input talk.wav --output reply.wav` streams a file. When every session

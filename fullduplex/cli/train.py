@@ -8,11 +8,13 @@ TRAIN_EPILOG = """\
 examples:
   fullduplex train examples/train/lora.yaml
   fullduplex train recipe.yaml --override optim.max_steps=200 --override run.output=runs/try2
+  fullduplex train examples/demo/codec.yaml                      # task: codec (a Mimi-architecture codec)
   torchrun --nproc-per-node 8 -m fullduplex train examples/train/human1_stage1.yaml
   torchrun --nnodes 4 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\
       -m fullduplex train examples/train/human1_stage1.yaml
 
 A recipe is a YAML file with sections model, data, lora, optim, loss, run (docs/training.md lists every field).
+With `task: codec` it trains a Mimi-architecture codec on speech instead (examples/demo/codec.yaml, docs/demo.md).
 Running again with the same run.output resumes from its latest checkpoint: weights, optimiser, schedule, data
 position and random states, so the remaining steps are those of an uninterrupted run.
 """
@@ -67,6 +69,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from ..train.codec import read_task
+
+    if read_task(args.config, args.override) == "codec":
+        return run_train_codec(args)
     from ..train.config import load_config
     from ..train.recipe import train
 
@@ -79,6 +85,19 @@ def run_train(args: argparse.Namespace) -> int:
         resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from is not None else ""
         loss = f", last loss {last:.4f}" if last is not None else ""
         print(f"trained to step {result.last_step}{resumed}{loss}; run folder {cfg.run.output}")
+    return 0
+
+
+def run_train_codec(args: argparse.Namespace) -> int:
+    from ..train.codec import load_codec_config, train_codec
+
+    cfg = load_codec_config(args.config, args.override)
+    result = train_codec(cfg, progress=not args.no_progress)
+    last = result.losses.get(result.last_step)
+    resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from is not None else ""
+    loss = f", last loss {last:.4f}" if last is not None else ""
+    exported = f"; codec {result.exported}" if result.exported else ""
+    print(f"trained the codec to step {result.last_step}{resumed}{loss}; run folder {cfg.run.output}{exported}")
     return 0
 
 

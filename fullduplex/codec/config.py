@@ -163,6 +163,14 @@ PRESETS: dict[str, MimiConfig] = {
         transformer=BottleneckConfig(num_heads=2, num_layers=2, dim_feedforward=64, context=10),
         quantizer=QuantizerConfig(dimension=8, n_q=10, bins=32),
     ),
+    # The demo codec shipped in fullduplex/assets/demo (scripts/make_demo_model.sh trains it on CPU): Mimi's
+    # frame (24 kHz, 12.5 Hz) with 16 SEANet filters, a 128-d latent, 2-layer bottleneck transformers and
+    # 8 codebooks of 256 entries (800 bit/s).
+    "demo": MimiConfig(
+        seanet=SEANetConfig(dimension=128, n_filters=16),
+        transformer=BottleneckConfig(num_heads=4, num_layers=2, dim_feedforward=256, context=250),
+        quantizer=QuantizerConfig(dimension=64, n_q=8, bins=256),
+    ),
 }
 
 

@@ -11,6 +11,7 @@ _NOT_ARCHITECTURE = {
     "tts_config", "stt_config", "model_id", "depformer_causal", "causal", "lora", "lora_rank", "lora_scaling",
     "depformer_context", "gradient_checkpointing",
     "depformer_max_period",  # the Depth Transformer has no positional embedding
+    "mimi_config",  # the codec's architecture, beside the LM's (the bundled demo model's config.json)
 }
 # Options of moshi's LMModel that this implementation does not support: refused unless at their default.
 _UNSUPPORTED_DEFAULTS: dict[str, Any] = {
@@ -162,6 +163,13 @@ PRESETS: dict[str, LMConfig] = {
     ),
     # NVIDIA PersonaPlex 7B (nvidia/personaplex-7b-v1): moshiko with 16 depth steps (the user's codebooks too).
     "personaplex": LMConfig(dep_q=16),
+    # The demo model shipped in fullduplex/assets/demo (scripts/make_demo_model.sh trains it on CPU from
+    # synthetic dialogues): 6M parameters; its audio vocabulary (256) is the demo Mimi's, its text vocabulary
+    # that of the demo tokenizer.
+    "demo": LMConfig(
+        dim=256, num_heads=4, num_layers=4, hidden_scale=2.0, context=250, text_card=1000, card=256,
+        depformer_dim=128, depformer_num_heads=4, depformer_num_layers=1, depformer_dim_feedforward=256,
+    ),
     # For tests: a few hundred thousand parameters, short context so the ring cache wraps quickly; its audio
     # vocabulary (32) is that of the tiny Mimi preset, so the two run together.
     "tiny": LMConfig(

@@ -27,6 +27,7 @@ class ModelConfig:
     config: str | None = None  # preset name or moshi config.json; default: the checkpoint's config.json / 7B
     tokenizer: str | None = None  # SentencePiece .model copied by `fullduplex export`
     dtype: str = "float32"  # base weights: float32, or bfloat16 (LoRA only: frozen weights in bf16)
+    from_scratch: bool = False  # no checkpoint: random weights of model.config (text_card from model.tokenizer)
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,8 @@ def _validate(cfg: TrainConfig, source: str, base: Path, check_paths: bool) -> N
         raise bad("run.device", f"must be auto, cpu or cuda; got {cfg.run.device!r}")
     if cfg.lora.enabled and cfg.lora.rank <= 0:
         raise bad("lora.rank", f"must be > 0, got {cfg.lora.rank}")
+    if cfg.model.from_scratch and (cfg.model.config is None or cfg.model.checkpoint is not None or cfg.lora.enabled):
+        raise bad("model.from_scratch", "needs model.config (a preset or config.json) and no model.checkpoint or LoRA")
     if cfg.model.dtype == "bfloat16" and not cfg.lora.enabled:
         raise bad("model.dtype", "bfloat16 is for LoRA runs (frozen base weights); full fine-tuning keeps float32 "
                   "master weights: use run.mixed_precision: bf16 for bf16 compute")
@@ -261,6 +264,11 @@ def load_config(
             if not isinstance(node, dict):
                 raise ConfigError(f"--override {item!r}: {k} is not a section")
         node[keys[-1]] = value
+    if isinstance(raw, dict) and raw.get("task", "lm") != "lm":
+        raise ConfigError(f"{source}: task {raw['task']!r} is not an LM recipe (task: codec recipes run through "
+                          "fullduplex.train.codec)")
+    if isinstance(raw, dict):
+        raw.pop("task", None)
     cfg = _build(TrainConfig, raw, "", source)
     _validate(cfg, source, base, check_paths)
     # Relative input paths are relative to the recipe, not the working directory.
@@ -276,7 +284,7 @@ def load_config(
         return str(base / p)
 
     config = m.config if m.config is None or not m.config.endswith(".json") else local(m.config, True)
-    model = ModelConfig(local(m.checkpoint, True), m.hf_repo, config, local(m.tokenizer, True), m.dtype)
+    model = ModelConfig(local(m.checkpoint, True), m.hf_repo, config, local(m.tokenizer, True), m.dtype, m.from_scratch)
     for key, value in (("model.checkpoint", model.checkpoint), ("model.tokenizer", model.tokenizer), ("model.config", config)):
         if check_paths and value is not None and not value.startswith("hf://") and (key != "model.config" or value.endswith(".json")) \
                 and not Path(value).exists():

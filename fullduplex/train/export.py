@@ -84,8 +84,13 @@ def export_run(run_dir: str | Path, output: str | Path, checkpoint: str = "best"
     cfg = load_config(None, raw=json.loads(config_path.read_text()), check_paths=False)
     step = pick_checkpoint(run_dir, checkpoint)
     trainable = load_file(str(ckpt.step_dir(run_dir, step) / "trainable.safetensors"))
-    path, repo_config = resolve_lm(cfg.model.checkpoint, cfg.model.hf_repo)
-    model = load_lm(path, config=cfg.model.config or repo_config, device="cpu", dtype=torch.float32)
+    if cfg.model.from_scratch:
+        from .recipe import scratch_model
+
+        model = scratch_model(cfg, cfg.run.seed)
+    else:
+        path, repo_config = resolve_lm(cfg.model.checkpoint, cfg.model.hf_repo)
+        model = load_lm(path, config=cfg.model.config or repo_config, device="cpu", dtype=torch.float32)
     if not cfg.lora.enabled:
         model.load_state_dict(trainable)
         return _finish(model, output, cfg.model.tokenizer, {}, dtype), step

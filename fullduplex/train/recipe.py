@@ -46,8 +46,37 @@ class Result:
 
 
 # --- setup pieces -----------------------------------------------------------------------------------------
+def scratch_model(cfg: TrainConfig, seed: int) -> LMModel:
+    """A randomly initialised LM of ``model.config`` (``model.from_scratch``), its ``text_card`` set to the
+    vocabulary of ``model.tokenizer`` when given: embeddings N(0, 1), linear and attention weights N(0, 0.02),
+    norms 1."""
+    from ..checkpoint.lm import read_lm_config
+    from ..lm.config import lm_preset
+
+    spec = cfg.model.config
+    config = read_lm_config(spec) if spec.endswith(".json") else lm_preset(spec)
+    if cfg.model.tokenizer is not None:
+        from ..text.tokenizer import TextTokenizer
+
+        config = config.with_text_vocabulary(TextTokenizer.load(cfg.model.tokenizer).vocab_size)
+    generator = torch.Generator().manual_seed(seed)
+    model = LMModel(config)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Embedding):
+                module.weight.normal_(0.0, 1.0, generator=generator)
+            elif isinstance(module, nn.Linear):
+                module.weight.normal_(0.0, 0.02, generator=generator)
+        for layer in model.depformer.layers:  # per-step attention projections, stacked [steps, out, in]
+            layer.self_attn.in_proj.normal_(0.0, 0.02, generator=generator)
+            layer.self_attn.out_proj.normal_(0.0, 0.02, generator=generator)
+    return model
+
+
 def load_base(cfg: TrainConfig) -> LMModel:
     """The base LM on CPU, in ``model.dtype``, trainable."""
+    if cfg.model.from_scratch:
+        return scratch_model(cfg, cfg.run.seed).train().requires_grad_(True)
     path, repo_config = resolve_lm(cfg.model.checkpoint, cfg.model.hf_repo)
     dtype = torch.bfloat16 if cfg.model.dtype == "bfloat16" else torch.float32
     model = load_lm(path, config=cfg.model.config or repo_config, device="cpu", dtype=dtype)
