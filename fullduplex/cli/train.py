@@ -24,6 +24,7 @@ examples:
   fullduplex export runs/hindi --output models/hindi                 # best checkpoint, LoRA merged
   fullduplex export runs/hindi --output models/hindi-last --checkpoint last --dtype bfloat16
   fullduplex export runs/lora --output models/lora --keep-lora       # base + lora.safetensors
+  fullduplex export runs/hindi --output models/hindi-mlx --format mlx-q8 --mimi-weight mimi.safetensors
   fullduplex export --lora-weight lora.safetensors --hf-repo kyutai/moshiko-pytorch-bf16 --output models/ft
 
 The folder holds model.safetensors (released key format), config.json and the tokenizer: pass it to
@@ -56,7 +57,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--keep-lora", action="store_true",
                    help="keep base weights unmerged and write the adapters to lora.safetensors (moshi-finetune names)")
     e.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
-                   help="weights on disk (default: float32, the training precision)")
+                   help="weights on disk for --format moshi (default: float32, the training precision)")
+    e.add_argument("--format", default="moshi", choices=["moshi", "mlx-bf16", "mlx-q8", "mlx-q4"],
+                   help="moshi: the released PyTorch layout (default); mlx-*: model[.q8|.q4].safetensors that "
+                   "moshi_mlx loads (runs on a Mac)")
+    e.add_argument("--mimi-weight", metavar="FILE", help="Mimi checkpoint to copy into the folder (an MLX folder "
+                   "for moshi_mlx needs one)")
     g = e.add_argument_group("moshi-finetune adapters (instead of RUN_DIR)")
     g.add_argument("--lora-weight", metavar="FILE", help="lora.safetensors trained with moshi-finetune")
     g.add_argument("--lora-scaling", type=float, default=None,
@@ -112,9 +118,10 @@ def run_export(args: argparse.Namespace) -> int:
         raise FullduplexError("export needs either RUN_DIR or --lora-weight FILE (not both)")
     if args.lora_weight is not None:
         out = export_lora_weight(args.lora_weight, args.output, args.moshi_weight, args.hf_repo, args.config,
-                                 args.tokenizer, args.lora_scaling, dtype)
+                                 args.tokenizer, args.lora_scaling, dtype, fmt=args.format, mimi=args.mimi_weight)
         print(f"wrote {out} (adapters of {args.lora_weight} folded in)")
         return 0
-    out, step = export_run(args.run_dir, args.output, args.checkpoint, args.keep_lora, dtype)
+    out, step = export_run(args.run_dir, args.output, args.checkpoint, args.keep_lora, dtype, fmt=args.format,
+                           mimi=args.mimi_weight)
     print(f"wrote {out} from step {step} of {args.run_dir}")
     return 0

@@ -17,8 +17,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from ..checkpoint.convert import FORMATS, save_checkpoint
 from ..checkpoint.lm import MOSHI_NAME, load_lm, resolve_lm, save_lm
 from ..checkpoint.lora import apply_lora_file, ours_to_released_module
+from ..checkpoint.mlx import check_mlx_compatible
 from ..checkpoint.state import write_safetensors
 from ..errors import FullduplexError
 from ..lm.model import LMModel
@@ -47,14 +49,34 @@ def pick_checkpoint(run_dir: Path, which: str) -> int:
 
 
 def _finish(model: LMModel, output: Path, tokenizer: str | None, extra: dict[str, Any], dtype: torch.dtype | None,
-            lora: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write the folder under a temporary name, then rename it into place."""
+            lora: dict[str, torch.Tensor] | None = None, fmt: str = "moshi", mimi: str | Path | None = None) -> Path:
+    """Write the folder under a temporary name, then rename it into place. ``fmt``: ``moshi`` (the released
+    PyTorch layout) or an MLX format (``mlx-bf16`` / ``mlx-q8`` / ``mlx-q4``, see :func:`save_checkpoint`)."""
+    if fmt not in FORMATS:
+        raise FullduplexError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt != "moshi" and lora is not None:
+        raise FullduplexError(f"--keep-lora writes moshi-finetune adapters, which {fmt} cannot hold; drop one")
+    if fmt != "moshi":
+        try:
+            check_mlx_compatible(model.config)
+        except ValueError as e:
+            raise FullduplexError(str(e)) from None
+    if mimi is not None and not Path(mimi).is_file():
+        raise FullduplexError(f"Mimi file {mimi} not found")
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.parent / f".{output.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
+        if fmt != "moshi":
+            if tokenizer is not None and not Path(tokenizer).is_file():
+                raise FullduplexError(f"tokenizer {tokenizer} not found")
+            save_checkpoint(model, tmp, fmt, tokenizer=tokenizer, mimi=mimi)
+            if output.exists():
+                shutil.rmtree(output)
+            tmp.rename(output)
+            return output
         save_lm(model, tmp / MOSHI_NAME, dtype=dtype)
         config = model.config.to_moshi_dict() | {"moshi_name": MOSHI_NAME} | extra
         if tokenizer is not None:
@@ -63,6 +85,9 @@ def _finish(model: LMModel, output: Path, tokenizer: str | None, extra: dict[str
                 raise FullduplexError(f"tokenizer {tok} not found")
             shutil.copyfile(tok, tmp / tok.name)
             config["tokenizer_name"] = tok.name
+        if mimi is not None:
+            shutil.copyfile(mimi, tmp / Path(mimi).name)
+            config["mimi_name"] = Path(mimi).name
         if lora is not None:
             write_safetensors(lora, tmp / LORA_NAME)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -75,8 +100,9 @@ def _finish(model: LMModel, output: Path, tokenizer: str | None, extra: dict[str
 
 
 def export_run(run_dir: str | Path, output: str | Path, checkpoint: str = "best", keep_lora: bool = False,
-               dtype: torch.dtype | None = None) -> tuple[Path, int]:
-    """Export checkpoint ``checkpoint`` of a training run; returns (folder, step)."""
+               dtype: torch.dtype | None = None, fmt: str = "moshi", mimi: str | Path | None = None) -> tuple[Path, int]:
+    """Export checkpoint ``checkpoint`` of a training run in ``fmt``, with a copy of ``mimi`` when given;
+    returns (folder, step)."""
     run_dir = Path(run_dir)
     config_path = run_dir / "config.json"
     if not config_path.is_file():
@@ -93,15 +119,15 @@ def export_run(run_dir: str | Path, output: str | Path, checkpoint: str = "best"
         model = load_lm(path, config=cfg.model.config or repo_config, device="cpu", dtype=torch.float32)
     if not cfg.lora.enabled:
         model.load_state_dict(trainable)
-        return _finish(model, output, cfg.model.tokenizer, {}, dtype), step
+        return _finish(model, output, cfg.model.tokenizer, {}, dtype, fmt=fmt, mimi=mimi), step
     apply_lora(model, cfg.lora.rank, cfg.lora.scaling, cfg.lora.target_modules)
     model.load_state_dict(trainable, strict=False)
     if not keep_lora:
-        return _finish(merge_lora(model), output, cfg.model.tokenizer, {}, dtype), step
+        return _finish(merge_lora(model), output, cfg.model.tokenizer, {}, dtype, fmt=fmt, mimi=mimi), step
     lora = released_adapters(model, cfg.lora.rank)
     base = merge_lora(_zero_adapters(model))
     extra = {"lora": True, "lora_rank": cfg.lora.rank, "lora_scaling": cfg.lora.scaling, "lora_name": LORA_NAME}
-    return _finish(base, output, cfg.model.tokenizer, extra, dtype, lora=lora), step
+    return _finish(base, output, cfg.model.tokenizer, extra, dtype, lora=lora, fmt=fmt, mimi=mimi), step
 
 
 def _zero_adapters(model: torch.nn.Module) -> torch.nn.Module:
@@ -149,7 +175,8 @@ def _reference_linears(model: LMModel) -> list[str]:
 
 def export_lora_weight(lora_weight: str | Path, output: str | Path, moshi_weight: str | None = None,
                        hf_repo: str | None = None, config: str | None = None, tokenizer: str | None = None,
-                       scaling: float | None = None, dtype: torch.dtype | None = None) -> Path:
+                       scaling: float | None = None, dtype: torch.dtype | None = None, fmt: str = "moshi",
+                       mimi: str | Path | None = None) -> Path:
     """Fold moshi-finetune adapters into their base model and export. ``scaling``: default ``lora_scaling`` of
     the ``config.json`` beside the adapters, else 2.0 (moshi-finetune's default)."""
     lora_weight = Path(lora_weight)
@@ -159,4 +186,4 @@ def export_lora_weight(lora_weight: str | Path, output: str | Path, moshi_weight
     path, repo_config = resolve_lm(moshi_weight, hf_repo)
     model = load_lm(path, config=config or repo_config, device="cpu", dtype=torch.float32)
     apply_lora_file(model, lora_weight, scaling)
-    return _finish(model, output, tokenizer, {}, dtype)
+    return _finish(model, output, tokenizer, {}, dtype, fmt=fmt, mimi=mimi)
