@@ -68,7 +68,7 @@ def _kinds(text: str) -> list[str]:
 
 def add_parser(actions: Any, add_vad_arguments: Any) -> None:
     """Add the ``behaviour`` action to ``fullduplex eval``."""
-    from .models import add_model_arguments
+    from .models import add_model_arguments, add_persona_arguments
 
     parser = actions.add_parser(
         "behaviour", help="Full-Duplex-Bench-style probes through the model: pauses, turn ends, interruptions, "
@@ -118,6 +118,7 @@ def add_parser(actions: Any, add_vad_arguments: Any) -> None:
     rules.add_argument("--asr-language", metavar="LANG", help="with --asr-model: its language, e.g. en (default: "
                        "detected)")
     add_vad_arguments(parser)
+    add_persona_arguments(parser)
     run = add_model_arguments(parser, seed_help="random seed, per batch (default: 4242)")
     run.add_argument("--batch-size", type=int, default=8, metavar="N", help="probes run together (default: 8)")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -133,7 +134,7 @@ def behaviour_command(args: argparse.Namespace) -> int:
     from ..inference.offline import write_stereo_wav
     from .codec import mimi_config_from_arg, progress
     from .eval import vad_from_args
-    from .models import load_models, sampling_from_args
+    from .models import check_persona_arguments, load_models, persona_schedule, sampling_from_args
 
     out = Path(args.output)
     check_report_folder(out)
@@ -148,7 +149,9 @@ def behaviour_command(args: argparse.Namespace) -> int:
     rate = (mimi_config_from_arg(args.mimi_config) or MimiConfig()).sample_rate
     clips = [load_clip(path, rate, vad) for path in args.speech]
     transcriber = faster_whisper_transcriber(args.asr_model, language=args.asr_language) if args.asr_model else None
+    check_persona_arguments(args)
     models = load_models(args)
+    prompt = persona_schedule(args, models)
     if models.mimi.sample_rate != rate:  # pragma: no cover - a Mimi config whose rate differs from its preset
         raise FullduplexError(f"Mimi runs at {models.mimi.sample_rate} Hz, expected {rate}")
     frame = models.mimi.frame_size
@@ -157,7 +160,7 @@ def behaviour_command(args: argparse.Namespace) -> int:
             bar.update(n)
 
         respond = model_responder(models.mimi, models.lm, models.tokenizer, models.sampling, args.batch_size,
-                                  on_frames)
+                                  on_frames, prompt)
 
         def counted(inputs: list[Any]) -> list[Any]:
             bar.total = (bar.total or 0) + sum(-(-len(x) // frame) for x in inputs)
@@ -175,6 +178,7 @@ def behaviour_command(args: argparse.Namespace) -> int:
             if transcriber else None,
             "sampling": asdict(models.sampling), "lm": models.lm_path.name, "mimi": models.mimi_path.name,
             "sample_rate": rate, "batch_size": args.batch_size,
+            "text_prompt": args.text_prompt, "voice_prompt": args.voice_prompt,
         },
         "summary": {kind: summarise(kind, [i.score for i in inst]) for kind, inst in results.items()},
         "probes": {kind: [_instance(kind, i) for i in inst] for kind, inst in results.items()},

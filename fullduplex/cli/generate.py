@@ -45,7 +45,14 @@ from ..inference.offline import GenerationResult, Sampling, generate, read_input
 from ..lm.config import LMConfig
 from ..lm.model import UNGENERATED_TOKEN
 from .codec import mimi_config_from_arg, positive_int, progress
-from .models import add_model_arguments, load_models, sampling_from_args
+from .models import (
+    add_model_arguments,
+    add_persona_arguments,
+    check_persona_arguments,
+    load_models,
+    persona_schedule,
+    sampling_from_args,
+)
 
 EPILOG = f"""\
 examples:
@@ -104,10 +111,7 @@ def register(subparsers: Any) -> None:
     io.add_argument("--output", "-o", metavar="OUT", help="stereo WAV file (one input) or folder (see below)")
     io.add_argument("--transcript", metavar="OUT.json", help="the model's words with times: JSON file or folder")
     io.add_argument("--tokens-out", metavar="OUT.safetensors", help="the generated text and audio tokens")
-    persona = parser.add_argument_group("persona (PersonaPlex; see docs/personas.md)")
-    persona.add_argument("--text-prompt", metavar="TEXT", help="role prompt, stepped before the input (\"\" = none)")
-    persona.add_argument("--voice-prompt", metavar="VOICE",
-                         help="voice prompt: a PersonaPlex .pt, a `fullduplex voice make` file or a recording")
+    add_persona_arguments(parser)
     run = add_model_arguments(parser, seed_help="random seed, per batch (default: 4242)")
     run.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="inputs run together (default: 8)")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -171,12 +175,11 @@ def generate_command(args: argparse.Namespace) -> int:
     sampling_from_args(args)  # refuse bad sampling settings before reading anything
     mimi_config = mimi_config_from_arg(args.mimi_config)
     wavs = read_inputs(args.input, (mimi_config or MimiConfig()).sample_rate)  # [1, S] each
-    if args.voice_prompt is not None and not Path(args.voice_prompt).is_file():
-        raise FullduplexError(f"--voice-prompt {args.voice_prompt}: no such file")
+    check_persona_arguments(args)
     models = load_models(args)
     mimi, lm, tokenizer, sampling = models.mimi, models.lm, models.tokenizer, models.sampling
     lm_path, mimi_path = models.lm_path, models.mimi_path
-    prompt = _persona_schedule(args, models)
+    prompt = persona_schedule(args, models)
     total = sum(-(-w.shape[-1] // mimi.frame_size) for w in wavs)
     with progress(total, "generate", args.quiet) as bar:
         results = generate(wavs, mimi, lm, tokenizer, sampling, args.batch_size, bar.update, prompt)
@@ -186,24 +189,6 @@ def generate_command(args: argparse.Namespace) -> int:
     for line in _commit(staged, plan):
         print(line)
     return 0
-
-
-def _persona_schedule(args: argparse.Namespace, models: Any):
-    """The forced prompt frames of ``--text-prompt`` / ``--voice-prompt``, or None when neither is given."""
-    if args.text_prompt is None and args.voice_prompt is None:
-        return None
-    import warnings
-
-    from ..inference.prompt import build_schedule, role_tokens
-    from ..inference.voice import filler_codes, load_voice
-    from ..server.personas import persona_trained
-
-    cfg = models.lm.config
-    if not persona_trained(cfg):
-        warnings.warn(f"{models.lm_path.name} (dep_q={cfg.dep_q}) was not trained with persona prompts (PersonaPlex "
-                      "is): the prompt is applied but may be ignored or confuse the model", stacklevel=2)
-    voice = load_voice(args.voice_prompt, models.mimi, cfg) if args.voice_prompt else None
-    return build_schedule(cfg, voice, role_tokens(models.tokenizer, args.text_prompt), filler_codes(models.mimi))
 
 
 def _transcript(path: str, result: GenerationResult) -> dict[str, Any]:

@@ -124,3 +124,38 @@ def load_models(args: argparse.Namespace) -> Models:
     mimi = load_mimi(mimi_path, device=device, num_codebooks=None, config=mimi_config_from_arg(args.mimi_config))
     check_models(mimi, lm, tokenizer, str(lm_path))
     return Models(mimi, lm, tokenizer, lm_path, mimi_path, sampling)
+
+
+def add_persona_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--text-prompt`` / ``--voice-prompt``: a PersonaPlex persona stepped before the input."""
+    persona = parser.add_argument_group("persona (PersonaPlex; see docs/personas.md)")
+    persona.add_argument("--text-prompt", metavar="TEXT", help="role prompt, stepped before the input (\"\" = none)")
+    persona.add_argument("--voice-prompt", metavar="VOICE",
+                         help="voice prompt: a PersonaPlex .pt, a `fullduplex voice make` file or a recording")
+
+
+def check_persona_arguments(args: argparse.Namespace) -> None:
+    """Refuse a missing ``--voice-prompt`` file before any model is loaded."""
+    if args.voice_prompt is not None and not Path(args.voice_prompt).is_file():
+        from ..errors import FullduplexError
+
+        raise FullduplexError(f"--voice-prompt {args.voice_prompt}: no such file")
+
+
+def persona_schedule(args: argparse.Namespace, models: Models):
+    """The forced prompt frames of ``--text-prompt`` / ``--voice-prompt``, or None when neither is given. A model
+    without persona training gets a warning, not an error."""
+    if args.text_prompt is None and args.voice_prompt is None:
+        return None
+    import warnings
+
+    from ..inference.prompt import build_schedule, role_tokens
+    from ..inference.voice import filler_codes, load_voice
+    from ..server.personas import persona_trained
+
+    cfg = models.lm.config
+    if not persona_trained(cfg):
+        warnings.warn(f"{models.lm_path.name} (dep_q={cfg.dep_q}) was not trained with persona prompts (PersonaPlex "
+                      "is): the prompt is applied but may be ignored or confuse the model", stacklevel=2)
+    voice = load_voice(args.voice_prompt, models.mimi, cfg) if args.voice_prompt else None
+    return build_schedule(cfg, voice, role_tokens(models.tokenizer, args.text_prompt), filler_codes(models.mimi))

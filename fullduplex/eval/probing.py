@@ -83,13 +83,15 @@ def load_clip(path: str | os.PathLike[str], rate: int, vad: VadSettings) -> Clip
 
 
 def model_responder(mimi: Any, lm: Any, tokenizer: Any, sampling: Any, batch_size: int = 8,
-                    progress: Callable[[int], None] | None = None) -> Respond:
-    """A responder running :func:`~fullduplex.inference.offline.generate` (call ``check_models`` first)."""
+                    progress: Callable[[int], None] | None = None, prompt: Any = None) -> Respond:
+    """A responder running :func:`~fullduplex.inference.offline.generate` (call ``check_models`` first);
+    ``prompt``: a persona's forced frames (:func:`~fullduplex.inference.prompt.build_schedule`) stepped before
+    each probe."""
     from ..inference.offline import generate
 
     def respond(inputs: list[np.ndarray]) -> list[np.ndarray]:
         wavs = [torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None] for x in inputs]  # [1, S] each
-        results = generate(wavs, mimi, lm, tokenizer, sampling, batch_size, progress)
+        results = generate(wavs, mimi, lm, tokenizer, sampling, batch_size, progress, prompt)
         return [r.audio[0].numpy() for r in results]  # row 0: the model as played
 
     return respond

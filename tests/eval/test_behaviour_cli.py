@@ -127,3 +127,22 @@ def test_bad_input_one_line_and_nothing_written(tmp_path, capsys, monkeypatch, c
     else:
         assert_one_line_error(code, err, *needles)
     assert out.is_file() if case == "output-file" else not out.exists()
+
+
+def test_persona_prompt_is_stepped_before_each_probe(tmp_path, capsys, ckpt):
+    """--text-prompt runs the probes behind a role prompt (as `generate --text-prompt`): the report says so, a
+    model without persona training gets a warning, and the model's side changes; a missing voice file is refused
+    before any model is loaded."""
+    args = ("--speech", SPEECH, "--probes", "pause", "--repeats", "1")
+    code, _, err = behaviour(capsys, ckpt, *args, "--output", tmp_path / "plain")
+    assert code == 0, err
+    code, _, err = behaviour(capsys, ckpt, *args, "--text-prompt", "You are a patient teacher.",
+                             "--output", tmp_path / "persona")
+    assert code == 0 and "warning: " in err and "not trained with persona prompts" in err, err
+    report = json.loads((tmp_path / "persona" / "report.json").read_text())
+    assert report["settings"]["text_prompt"] == "You are a patient teacher." and report["settings"]["voice_prompt"] is None
+    wavs = [(tmp_path / name / "pause-0.wav").read_bytes() for name in ("plain", "persona")]
+    assert wavs[0] != wavs[1]
+    code, _, err = behaviour(capsys, ckpt, *args, "--voice-prompt", tmp_path / "nope.pt", "--output", tmp_path / "o")
+    assert_one_line_error(code, err, "--voice-prompt", "nope.pt")
+    assert not (tmp_path / "o").exists()
