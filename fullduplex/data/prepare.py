@@ -244,7 +244,7 @@ def prepare(
         (work / INDEX_NAME).write_text(json.dumps(index, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         (work / REPORT_NAME).write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n",
                                         encoding="utf-8")
-        os.chmod(work, 0o777 & ~_umask())
+        os.chmod(work, 0o777 & ~current_umask())
         if output.is_dir():
             output.rmdir()  # empty, checked above
         os.replace(work, output)
@@ -253,7 +253,8 @@ def prepare(
     return report
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's umask (read by setting and restoring it): what a folder made by ``tempfile`` lacks."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -41,6 +41,7 @@ from ..codec.audio import resample
 from ..errors import FullduplexError
 from .dialogues import LANGUAGES, Script, Token, plan
 from .formats import LEFT_SPEAKER, RIGHT_SPEAKER, AlignedWord, write_alignments
+from .prepare import current_umask
 
 SILENCE_LEVEL = 0.01  # |sample| below this (-40 dBFS) is silence when a word's audio is trimmed
 MANIFEST_NAME = "manifest.jsonl"
@@ -394,18 +395,12 @@ def synthesize_corpus(language: str, dialogues: int, output: str | os.PathLike[s
             "seconds": round(report.seconds, 3), "words": report.words, "events": report.events,
         }
         (work / INFO_NAME).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.chmod(work, 0o777 & ~_umask())
+        os.chmod(work, 0o777 & ~current_umask())
         for path in work.iterdir():
-            os.chmod(path, 0o666 & ~_umask())
+            os.chmod(path, 0o666 & ~current_umask())
         if output.is_dir():
             output.rmdir()  # empty, checked above
         os.replace(work, output)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return report
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -35,7 +35,7 @@ from ..codec.mimi import Mimi
 from ..codec.quantizer import EmaSettings
 from ..errors import FullduplexError
 from . import checkpointing as ckpt
-from .config import ConfigError, _build, _deep_copy, parse_override
+from .config import ConfigError, _build, parse_override, read_recipe
 from .recipe import METRICS, _append_metrics, _trim_metrics, seed_everything
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
@@ -127,26 +127,10 @@ def read_task(path: str | Path, overrides: list[str] = ()) -> str:
 
 def load_codec_config(path: str | Path | None, overrides: list[str] = (), raw: dict | None = None) -> CodecTrainConfig:
     """Read and validate a codec recipe; relative data and checkpoint paths are read from the YAML's folder."""
-    import yaml
 
     source = str(path) if path is not None else "config"
     base = Path(path).resolve().parent if path is not None else Path.cwd()
-    if raw is None:
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except OSError as e:
-            raise ConfigError(f"{source}: cannot read the config ({e.strerror or e})") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{source}: not valid YAML ({' '.join(str(e).split())})") from None
-    raw = _deep_copy(raw)
-    for item in overrides:
-        keys, value = parse_override(item)
-        node = raw
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--override {item!r}: {k} is not a section")
-        node[keys[-1]] = value
+    raw = read_recipe(path, overrides, raw)
     cfg = _build(CodecTrainConfig, raw, "", source)
 
     def bad(key: str, why: str) -> ConfigError:

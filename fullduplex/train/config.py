@@ -237,15 +237,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), parsed
 
 
-def load_config(
-    path: str | Path | None, overrides: list[str] = (), raw: dict | None = None, check_paths: bool = True
-) -> TrainConfig:
-    """Read a YAML recipe (or ``raw``), apply ``key=value`` overrides, validate. Relative data paths are read
-    from the YAML file's folder. ``check_paths`` False: do not require the data folders (export)."""
+def read_recipe(path: str | Path | None, overrides: list[str] = (), raw: dict | None = None) -> Any:
+    """The YAML recipe at ``path`` (or a copy of ``raw``) with ``key=value`` overrides applied, not yet validated."""
     import yaml
 
     source = str(path) if path is not None else "config"
-    base = Path(path).resolve().parent if path is not None else Path.cwd()
     if raw is None:
         try:
             text = Path(path).read_text()
@@ -264,6 +260,18 @@ def load_config(
             if not isinstance(node, dict):
                 raise ConfigError(f"--override {item!r}: {k} is not a section")
         node[keys[-1]] = value
+    return raw
+
+
+def load_config(
+    path: str | Path | None, overrides: list[str] = (), raw: dict | None = None, check_paths: bool = True
+) -> TrainConfig:
+    """Read a YAML recipe (or ``raw``), apply ``key=value`` overrides, validate. Relative data paths are read
+    from the YAML file's folder. ``check_paths`` False: do not require the data folders (export)."""
+
+    source = str(path) if path is not None else "config"
+    base = Path(path).resolve().parent if path is not None else Path.cwd()
+    raw = read_recipe(path, overrides, raw)
     if isinstance(raw, dict) and raw.get("task", "lm") != "lm":
         raise ConfigError(f"{source}: task {raw['task']!r} is not an LM recipe (task: codec recipes run through "
                           "fullduplex.train.codec)")
