@@ -7,8 +7,8 @@ groups of G values; each group keeps a ``scale`` and a ``bias`` and each value a
 Linear layers (weights [N, K], activations [..., K]):
 
 - :class:`Int8Linear`: int8 codes, one symmetric scale per output channel (``w = q * scale``), run by
-  ``aten._weight_int8pack_mm`` on CPU (bf16 activations) and by ``F.linear`` on the int8 weight cast on the fly
-  elsewhere (torch has no CUDA kernel for it).
+  ``aten._weight_int8pack_mm`` on CPU (bf16 activations; input sizes a multiple of 16, which every released
+  model's are) and by ``F.linear`` on the int8 weight cast on the fly elsewhere (torch has no CUDA kernel for it).
 - :class:`Int4Linear`: 4-bit affine codes in groups of 32..256 along K, run by PyTorch's "tinygemm" kernels
   (``aten._weight_int4pack_mm_for_cpu`` / ``aten._weight_int4pack_mm`` on CUDA, bf16 activations). tinygemm
   computes ``(q - 8) * scale + zero``, so MLX's ``q * scale + bias`` maps to ``zero = bias + 8 * scale``: the same
@@ -29,6 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 COMPUTE_DTYPE = torch.bfloat16  # what the int8 / int4 kernels take as activations
+# torch 2.13's CPU `_weight_int8pack_mm` needs an input size that is a multiple of 16: otherwise it returns wrong
+# values for one row and crashes for several (measured). Other sizes take the dequantize-on-the-fly path.
+INT8_CPU_K_MULTIPLE = 16
 LITTLE_ENDIAN = sys.byteorder == "little"
 
 
@@ -128,10 +131,10 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)
-        if x.device.type == "cpu":
+        if x.device.type == "cpu" and self.in_features % INT8_CPU_K_MULTIPLE == 0:
             # .to() is free when the model was not cast after quantization (scales are made in bf16)
             y = torch.ops.aten._weight_int8pack_mm(x2.to(COMPUTE_DTYPE), self.weight, self.scales.to(COMPUTE_DTYPE))
-        else:
+        else:  # CUDA (no int8 kernel in torch), or a CPU size the kernel gets wrong: cast the codes on the fly
             y = F.linear(x2, self.weight.to(x.dtype)) * self.scales.to(x.dtype)
         return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
 
