@@ -58,12 +58,12 @@ def save_checkpoint(
     fmt: str = "moshi",
     tokenizer: str | Path | None = None,
     mimi: str | Path | None = None,
-    dtype: torch.dtype = torch.bfloat16,
+    dtype: torch.dtype | None = torch.bfloat16,
     progress: bool = False,
 ) -> Path:
     """Write ``lm`` (float or quantized) to ``folder`` in ``fmt`` (see :data:`FORMATS`), plus ``config.json``
-    and copies of ``tokenizer`` / ``mimi`` when given. ``dtype``: the float type of the ``moshi`` format (MLX
-    files are bf16). Returns the LM file's path."""
+    and copies of ``tokenizer`` / ``mimi`` when given. ``dtype``: the float type of the ``moshi`` format (None:
+    the model's own; MLX files are bf16). Returns the LM file's path."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown checkpoint format {fmt!r}; choose one of {', '.join(FORMATS)}")
     folder = Path(folder)

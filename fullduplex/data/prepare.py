@@ -165,6 +165,24 @@ def check_output_folder(output: Path) -> None:
         raise FullduplexError(f"output folder's parent {output.parent} does not exist")
 
 
+def staging_folder(output: Path) -> Path:
+    """A new private folder beside ``output`` to build it in; :func:`publish_folder` puts it in place."""
+    return Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
+
+
+def publish_folder(work: Path, output: Path) -> None:
+    """Give ``work`` and its files the permissions a plain mkdir / open would (``mkdtemp`` makes it private),
+    then rename it to ``output`` (new, or empty as :func:`check_output_folder` made sure)."""
+    mask = current_umask()
+    os.chmod(work, 0o777 & ~mask)
+    for path in work.iterdir():
+        if path.is_file():
+            os.chmod(path, 0o666 & ~mask)
+    if output.is_dir():
+        output.rmdir()
+    os.replace(work, output)
+
+
 def prepare(
     manifest: str | Path,
     mimi: Mimi,
@@ -194,7 +212,7 @@ def prepare(
         "spaced": options.spaced,
         **(meta or {}),
     }
-    work = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
+    work = staging_folder(output)
     try:
         pending: list[dict[str, Any]] = []
 
@@ -244,10 +262,7 @@ def prepare(
         (work / INDEX_NAME).write_text(json.dumps(index, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         (work / REPORT_NAME).write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n",
                                         encoding="utf-8")
-        os.chmod(work, 0o777 & ~current_umask())
-        if output.is_dir():
-            output.rmdir()  # empty, checked above
-        os.replace(work, output)
+        publish_folder(work, output)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return report

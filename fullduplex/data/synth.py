@@ -27,7 +27,6 @@ import random
 import shutil
 import subprocess
 import sys
-import tempfile
 import wave
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,7 +40,6 @@ from ..codec.audio import resample
 from ..errors import FullduplexError
 from .dialogues import LANGUAGES, Script, Token, plan
 from .formats import LEFT_SPEAKER, RIGHT_SPEAKER, AlignedWord, write_alignments
-from .prepare import current_umask
 
 SILENCE_LEVEL = 0.01  # |sample| below this (-40 dBFS) is silence when a word's audio is trimmed
 MANIFEST_NAME = "manifest.jsonl"
@@ -358,7 +356,7 @@ def synthesize_corpus(language: str, dialogues: int, output: str | os.PathLike[s
     ``.json`` (alignments), ``manifest.jsonl``, ``transcripts.txt`` (one turn a line) and ``synth.json`` (settings
     and totals). Built in a temporary folder renamed into place at the end. Same arguments and espeak-ng version →
     byte-identical files."""
-    from .prepare import check_output_folder
+    from .prepare import check_output_folder, publish_folder, staging_folder
 
     config = config or SynthConfig()
     if dialogues < 1:
@@ -368,7 +366,7 @@ def synthesize_corpus(language: str, dialogues: int, output: str | os.PathLike[s
     voices = voices or resolve_voices(language, None)
     words_audio = WordAudio(config.sample_rate, config.step)
     report = SynthReport()
-    work = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
+    work = staging_folder(output)
     try:
         manifest, transcripts = [], []
         for index in tqdm(range(dialogues), desc=f"synth {language}", unit="dialogue", file=sys.stderr,
@@ -395,12 +393,7 @@ def synthesize_corpus(language: str, dialogues: int, output: str | os.PathLike[s
             "seconds": round(report.seconds, 3), "words": report.words, "events": report.events,
         }
         (work / INFO_NAME).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.chmod(work, 0o777 & ~current_umask())
-        for path in work.iterdir():
-            os.chmod(path, 0o666 & ~current_umask())
-        if output.is_dir():
-            output.rmdir()  # empty, checked above
-        os.replace(work, output)
+        publish_folder(work, output)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return report

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from ..checkpoint.convert import FORMATS, save_checkpoint
-from ..checkpoint.lm import MOSHI_NAME, load_lm, resolve_lm, save_lm
+from ..checkpoint.lm import load_lm, resolve_lm
 from ..checkpoint.lora import apply_lora_file, ours_to_released_module
 from ..checkpoint.mlx import check_mlx_compatible
 from ..checkpoint.state import write_safetensors
@@ -63,34 +63,20 @@ def _finish(model: LMModel, output: Path, tokenizer: str | None, extra: dict[str
             raise FullduplexError(str(e)) from None
     if mimi is not None and not Path(mimi).is_file():
         raise FullduplexError(f"Mimi file {mimi} not found")
+    if tokenizer is not None and not Path(tokenizer).is_file():
+        raise FullduplexError(f"tokenizer {tokenizer} not found")
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.parent / f".{output.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        if fmt != "moshi":
-            if tokenizer is not None and not Path(tokenizer).is_file():
-                raise FullduplexError(f"tokenizer {tokenizer} not found")
-            save_checkpoint(model, tmp, fmt, tokenizer=tokenizer, mimi=mimi)
-            if output.exists():
-                shutil.rmtree(output)
-            tmp.rename(output)
-            return output
-        save_lm(model, tmp / MOSHI_NAME, dtype=dtype)
-        config = model.config.to_moshi_dict() | {"moshi_name": MOSHI_NAME} | extra
-        if tokenizer is not None:
-            tok = Path(tokenizer)
-            if not tok.is_file():
-                raise FullduplexError(f"tokenizer {tok} not found")
-            shutil.copyfile(tok, tmp / tok.name)
-            config["tokenizer_name"] = tok.name
-        if mimi is not None:
-            shutil.copyfile(mimi, tmp / Path(mimi).name)
-            config["mimi_name"] = Path(mimi).name
+        save_checkpoint(model, tmp, fmt, tokenizer=tokenizer, mimi=mimi, dtype=dtype)
         if lora is not None:
             write_safetensors(lora, tmp / LORA_NAME)
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        if extra:
+            config = json.loads((tmp / "config.json").read_text()) | extra
+            (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         if output.exists():
             shutil.rmtree(output)
         tmp.rename(output)
