@@ -27,6 +27,10 @@ if ! command -v espeak-ng >/dev/null; then
         echo "warning: espeak-ng not found; the synthetic-dialogue tests will be skipped (apt-get install espeak-ng)"
     fi
 fi
+# Record the exact versions this run used: a fresh machine installs the newest release within each range
+# (docs/dependencies.md), so a later failure can be traced to a version change by comparing two logs.
+echo "==> versions: $(python --version 2>&1), $(uname -sm)"
+python -m pip freeze --exclude-editable --disable-pip-version-check | sed 's/^/    /'
 echo "==> ruff"
 ruff check fullduplex tests benchmarks scripts
 echo "==> pytest"

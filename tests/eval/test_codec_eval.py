@@ -47,12 +47,30 @@ def test_noise_scores_low_and_ranks_below_noisy_speech(clean, noise):
     assert si_sdr(clean, noise) < si_sdr(clean, noisy) < 30
 
 
+def _si_sdr_by_correlation(reference: np.ndarray, estimate: np.ndarray) -> float:
+    """SI-SDR written another way, in float64: with rho the correlation of the zero-mean signals, the projection
+    keeps rho^2 of the estimate's energy and the residual 1 - rho^2, so SI-SDR = 10 log10(rho^2 / (1 - rho^2))."""
+    rho = np.corrcoef(np.asarray(reference, np.float64), np.asarray(estimate, np.float64))[0, 1]
+    return float(10 * np.log10(rho**2 / (1 - rho**2)))
+
+
 def test_si_sdr_matches_its_definition(clean, noise):
-    est = 0.8 * clean + 0.05 * noise
-    ref, e = clean - clean.mean(), est - est.mean()
-    target = ref * np.dot(e, ref) / np.dot(ref, ref)
-    expected = 10 * np.log10(np.sum(target**2) / np.sum((e - target) ** 2))
-    assert si_sdr(clean, est) == pytest.approx(expected, rel=1e-6)
+    # Expectations in float64, from an independent formula: the inputs are float32, and a float32 expectation
+    # would test numpy's summation order (which differs between builds), not the definition.
+    offset = 0.2  # a DC offset on the estimate: without the mean removal the score drops by ~10 dB
+    for est, scale in ((0.8 * clean + 0.05 * noise, 0.8), (2.5 * clean + 0.3 * noise + offset, 2.5)):
+        expected = _si_sdr_by_correlation(clean, est)
+        assert si_sdr(clean, est) == pytest.approx(expected, rel=1e-8)  # float64; 1 - rho^2 cancels ~2 digits
+        # What a wrong implementation would give is far from it: no mean removal, or no optimal scaling.
+        c64, e64 = clean.astype(np.float64), est.astype(np.float64)
+        no_scaling = 10 * np.log10(np.sum(c64**2) / np.sum((e64 - c64) ** 2))
+        assert abs(no_scaling - expected) > 1.0
+        target = c64 * np.dot(e64, c64) / np.dot(c64, c64)
+        no_mean = 10 * np.log10(np.sum(target**2) / np.sum((e64 - target) ** 2))
+        if offset and scale == 2.5:
+            assert abs(no_mean - expected) > 1.0
+    est = (0.8 * clean + 0.05 * noise).astype(np.float64)
+    assert si_sdr(clean, 3.0 * est) == pytest.approx(si_sdr(clean, est), rel=1e-9)  # scale-invariant
     with pytest.raises(ValueError, match="silent reference"):
         si_sdr(np.zeros(100), np.ones(100))
     with pytest.raises(ValueError, match="one shape"):
