@@ -8,12 +8,19 @@ latency percentiles (input frame sent -> the server's audio for it received).
     python benchmarks/server_load.py                          # small config, CPU, N = 1, 4, 16, --fast
     python benchmarks/server_load.py --clients 1 4 --realtime
     python benchmarks/server_load.py --device cuda --config moshiko --dtype bfloat16 --clients 1 8 32 64 --realtime
+    python benchmarks/server_load.py --config demo --realtime --client-processes 2 --search   # the bundled demo model
+
+``--config demo`` serves the bundled demo model (its own Mimi and tokenizer). ``--search`` raises N one session at
+a time from the first ``--clients`` value and reports the largest N that runs in real time: round-trip p99 within
+``--max-p99`` ms and no late frame. The ``loop ms/sf`` column is the CPU time of the server's event-loop thread (the
+sockets, Ogg/Opus and per-session bookkeeping: everything outside the model step) per session-frame.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import statistics
 import subprocess
@@ -80,8 +87,13 @@ def serve_forever(args: argparse.Namespace) -> None:
 
         server_app.SWITCH_INTERVAL = args.switch_interval
     model_thread = new_model_thread()
-    with tempfile.TemporaryDirectory() as tmp:
-        mimi, lm, tokenizer = model_thread.submit(random_models, args.config, args.device, DTYPES[args.dtype], Path(tmp)).result()
+    if args.config == "demo":
+        from fullduplex.demo import load_demo
+
+        mimi, lm, tokenizer = model_thread.submit(load_demo, args.device, DTYPES[args.dtype]).result()
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            mimi, lm, tokenizer = model_thread.submit(random_models, args.config, args.device, DTYPES[args.dtype], Path(tmp)).result()
     engine = Engine(mimi, lm, Sampling(), max_sessions=max(args.clients))
     server = Server(engine, tokenizer, ServerConfig(port=args.port), model_thread)
     app = server.app()
@@ -89,7 +101,9 @@ def serve_forever(args: argparse.Namespace) -> None:
     async def report(request: web.Request) -> web.Response:  # step times of the last measurement, then reset
         times = sorted(engine.step_times)
         engine.step_times.clear()
-        return web.json_response({"step_p50_ms": statistics.median(times) * 1e3 if times else None})
+        # This handler runs on the event-loop thread: its CPU time is the server's work outside the model step.
+        return web.json_response({"step_p50_ms": statistics.median(times) * 1e3 if times else None,
+                                  "loop_cpu_s": time.thread_time()})
 
     app.router.add_get("/bench/steps", report)
     web.run_app(app, host="127.0.0.1", port=args.port, print=None)
@@ -115,10 +129,12 @@ def start_server(args: argparse.Namespace) -> subprocess.Popen:
     sys.exit("the server did not start within 600 s")
 
 
-def step_p50(port: int) -> float:
+def server_report(port: int) -> tuple[float, float]:
+    """(median step in ms since the last call, the event-loop thread's CPU seconds so far)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/bench/steps", timeout=10) as response:
-        value = json.loads(response.read())["step_p50_ms"]
-    return float("nan") if value is None else value
+        report = json.loads(response.read())
+    value = report["step_p50_ms"]
+    return (float("nan") if value is None else value), report["loop_cpu_s"]
 
 
 async def load(url: str, clients: int, pcm: np.ndarray, fast: bool) -> tuple[float, list[float], int]:
@@ -150,7 +166,7 @@ def run_load(job: tuple) -> tuple[float, list[float], int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="small")
+    parser.add_argument("--config", default="small", help="an LM preset with random weights, or 'demo' (the bundled model)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     parser.add_argument("--threads", type=int, default=2)
@@ -162,6 +178,10 @@ def main() -> None:
                         help="spread the clients over this many processes (for large N on a many-core machine)")
     parser.add_argument("--switch-interval", type=float, default=None,
                         help="the server's GIL switch interval in seconds (default: the server's own, 0.0005)")
+    parser.add_argument("--search", action="store_true",
+                        help="raise N from the first --clients value until a run is not real time; report the largest")
+    parser.add_argument("--max-p99", type=float, default=200.0, help="--search: round-trip p99 bound in ms")
+    parser.add_argument("--max-search", type=int, default=64, help="--search: stop at this N")
     parser.add_argument("--serve-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_only:
@@ -173,24 +193,44 @@ def main() -> None:
     mode = "real time" if args.realtime else "--fast"
     print(f"server load: LM {args.config} ({args.dtype}), Mimi, {dev}; clients send {args.seconds:g} s each, {mode};")
     print("a server with N slots per row (every slot is stepped, so slots cost compute even when idle)")
-    print(f"{'N':>4}{'frames/s':>10}{'step p50 ms':>13}{'rtt p50':>9}{'p95':>8}{'p99':>8}{'late':>7}")
-    for n in args.clients:
-        server = start_server(argparse.Namespace(**{**vars(args), "clients": [n]}))
-        try:
-            asyncio.run(load(url, 1, pcm[:24000], fast=True))  # warm-up: first steps allocate and fill caches
-            step_p50(args.port)
-            processes = min(n, args.client_processes)
-            if processes > 1:
-                elapsed, latency, late = load_in_processes(url, n, pcm, not args.realtime, processes)
-            else:
-                elapsed, latency, late = asyncio.run(load(url, n, pcm, fast=not args.realtime))
-            frames = n * len(pcm) // 1920
-            summary = latency_summary(latency)
-            print(f"{n:>4}{frames / elapsed:>10.1f}{step_p50(args.port):>13.1f}{summary['p50']:>9.0f}"
-                  f"{summary['p95']:>8.0f}{summary['p99']:>8.0f}{late:>7}", flush=True)
-        finally:
-            server.terminate()
-            server.wait(30)
+    print(f"{'N':>4}{'frames/s':>10}{'step p50 ms':>13}{'rtt p50':>9}{'p95':>8}{'p99':>8}{'late':>7}{'loop ms/sf':>12}")
+    best = None
+    counts = itertools.count(args.clients[0]) if args.search else iter(args.clients)
+    for n in counts:
+        p99, late = measure(args, n, pcm, url)
+        if not args.search:
+            continue
+        if p99 > args.max_p99 or late:
+            break
+        best = n
+        if n >= args.max_search:
+            break
+    if args.search:
+        print(f"largest N in real time (p99 <= {args.max_p99:g} ms, no late frame): {best if best else 'none'}")
+
+
+def measure(args: argparse.Namespace, n: int, pcm: np.ndarray, url: str) -> tuple[float, int]:
+    """Start a server with N slots, run N clients, print one row; (round-trip p99 ms, late frames)."""
+    server = start_server(argparse.Namespace(**{**vars(args), "clients": [n]}))
+    try:
+        asyncio.run(load(url, 1, pcm[:24000], fast=True))  # warm-up: first steps allocate and fill caches
+        _, cpu_before = server_report(args.port)
+        processes = min(n, args.client_processes)
+        if processes > 1:
+            elapsed, latency, late = load_in_processes(url, n, pcm, not args.realtime, processes)
+        else:
+            elapsed, latency, late = asyncio.run(load(url, n, pcm, fast=not args.realtime))
+        frames = n * len(pcm) // 1920
+        step, cpu_after = server_report(args.port)
+        summary = latency_summary(latency)
+        print(f"{n:>4}{frames / elapsed:>10.1f}{step:>13.1f}{summary['p50']:>9.0f}"
+              f"{summary['p95']:>8.0f}{summary['p99']:>8.0f}{late:>7}{(cpu_after - cpu_before) * 1e3 / frames:>12.2f}",
+              flush=True)
+        return summary["p99"], late
+    finally:
+        server.terminate()
+        server.wait(30)
+
 
 if __name__ == "__main__":
     main()
