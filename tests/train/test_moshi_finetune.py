@@ -72,6 +72,15 @@ run_dir: "" # Fill
 SMALL = ["max_steps=4", "batch_size=2", "num_microbatches=2", "duration_sec=2", "optim.lr=1e-3", "optim.pct_start=0.3"]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matrices: one thread is several times faster than several competing on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("mft")
