@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run a fine-tuning recipe: full fine-tuning or LoRA, FSDP2 under torchrun, validation, best "
         "checkpoint, exact resume.", epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("config", metavar="CONFIG.yaml", help="the recipe")
+    p.add_argument("config", metavar="CONFIG.yaml", help="the recipe: native, or moshi-finetune's (moshi_7B.yaml)")
     p.add_argument("--override", "-o", action="append", default=[], metavar="KEY=VALUE",
                    help="change one field, e.g. optim.max_steps=200 (repeatable; values are YAML)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (metrics.jsonl is always written)")

@@ -217,3 +217,21 @@ def test_bad_recipes_one_line(files, tmp_path, capsys, changes, needles):
     code = main(["train", str(recipe(files, tmp_path, **changes)), "--no-progress"])
     assert_one_line_error(code, capsys.readouterr().err, *needles)
     assert not (tmp_path / "run").exists()
+
+
+def test_ft_embed_trains_embeddings_and_exports(files, tmp_path, capsys):
+    """lora.ft_embed: the embeddings train beside the adapters, are checkpointed with them, and export folds both."""
+    from safetensors.torch import load_file
+
+    path = recipe(files, tmp_path, lora={"ft_embed": True})
+    assert main(["train", str(path), "--no-progress", *[f"--override={o}" for o in SMALL], "--override=max_steps=1"]) == 0
+    (step,) = sorted((tmp_path / "run" / "checkpoints").iterdir())
+    saved = load_file(str(step / "trainable.safetensors"))
+    base = fd.load_lm(files["model"], config=lm_preset("tiny")).state_dict()
+    embeddings = [k for k in saved if "emb" in k]
+    assert embeddings and all(k.endswith((".lora_A", ".lora_B")) or "emb" in k for k in saved)
+    assert any(not torch.equal(saved[k], base[k]) for k in embeddings)  # they were trained
+    assert main(["export", str(tmp_path / "run"), "--output", str(tmp_path / "out"), "--checkpoint", "last"]) == 0
+    exported = fd.load_lm(tmp_path / "out", config=lm_preset("tiny")).state_dict()
+    assert all(torch.equal(exported[k], saved[k]) for k in embeddings)
+    capsys.readouterr()
