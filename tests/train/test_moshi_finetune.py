@@ -67,6 +67,13 @@ ckpt_freq: 100
 save_adapters: true # Must be False if full_finetuning is True
 
 run_dir: "" # Fill
+
+# wandb
+wandb:
+  project: "" # Optional Fill
+  offline: false
+  key: "" # Optional Fill
+  run_name: "" # Optional Fill
 """
 # A few steps on CPU: short windows, small batches (their keys, given as --override as a user would).
 SMALL = ["max_steps=4", "batch_size=2", "num_microbatches=2", "duration_sec=3", "optim.lr=1e-3", "optim.pct_start=0.3",
@@ -145,6 +152,7 @@ def test_example_recipe_trains_and_native_recipe_matches(files, tmp_path, capsys
                               "train_embeddings": False}
     assert native["optim"]["schedule"] == "onecycle" and native["optim"]["pct_start"] == 0.3
     assert native["loss"]["semantic_weight"] == 100 and native["loss"]["pad_weight"] == native["loss"]["epad_weight"] == 0.5
+    assert native["wandb"] == {"project": None, "run_name": None, "offline": False}  # their empty strings: unset
     assert native["run"]["grad_accumulation"] == 2 and native["data"]["segment_seconds"] == 3
     cache = tmp_path / "run.prepared"
     (prepared,) = native["data"]["train"]
