@@ -187,7 +187,7 @@ def translate(raw: dict[str, Any], source: str) -> Translation:
     v: dict[str, Any] = {}
     for key, (annotation, default) in KEYS.items():
         value = flat.get(key, default)
-        if isinstance(value, str) and value == "" and key.startswith(("wandb.", "moshi_paths.")):
+        if isinstance(value, str) and value == "" and key.startswith(("wandb.", "moshi_paths.", "run_dir")):
             value = None  # their example leaves optional strings empty
         if value is None:  # null: "none" where their type allows it (no hub repo, keep every checkpoint, no wandb)
             v[key] = None if default is None or type(None) in typing.get_args(annotation) else default

@@ -254,6 +254,7 @@ def test_full_finetuning_eval_and_wandb(files, tmp_path, capsys, monkeypatch):
     ({"data": {"train_data": "nowhere.jsonl"}}, ("data.train_data", "nowhere.jsonl", "does not exist")),
     ({"max_steps": "many"}, ("max_steps must be an integer",)),
     ({"max_steps": 0}, ("moshi-finetune recipe, translated", "max_steps must be > 0")),
+    ({"run_dir": ""}, ("run_dir is required",)),
 ])
 def test_bad_recipes_one_line(files, tmp_path, capsys, changes, needles):
     code = main(["train", str(recipe(files, tmp_path, **changes)), "--no-progress"])
