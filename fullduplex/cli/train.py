@@ -8,12 +8,16 @@ TRAIN_EPILOG = """\
 examples:
   fullduplex train examples/train/lora.yaml
   fullduplex train recipe.yaml --override optim.max_steps=200 --override run.output=runs/try2
+  fullduplex train moshi_7B.yaml                                 # moshi-finetune's recipe, as it is
   fullduplex train examples/demo/codec.yaml                      # task: codec (a Mimi-architecture codec)
   torchrun --nproc-per-node 8 -m fullduplex train examples/train/human1_stage1.yaml
   torchrun --nnodes 4 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\
       -m fullduplex train examples/train/human1_stage1.yaml
 
-A recipe is a YAML file with sections model, data, lora, optim, loss, run (docs/training.md lists every field).
+A recipe is a YAML file with sections model, data, lora, optim, loss, run, wandb (docs/training.md lists every
+field). A moshi-finetune recipe (its example/moshi_7B.yaml: moshi_paths, data.train_data, run_dir, ...) runs as it
+is: its jsonl manifests are prepared once into RUN_DIR.prepared/, and the equivalent native recipe is printed and
+written to RUN_DIR/recipe.yaml; `--override` then takes its keys (max_steps=10, lora.rank=16).
 With `task: codec` it trains a Mimi-architecture codec on speech instead (examples/demo/codec.yaml, docs/demo.md).
 Running again with the same run.output resumes from its latest checkpoint: weights, optimiser, schedule, data
 position and random states, so the remaining steps are those of an uninterrupted run.
@@ -39,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run a fine-tuning recipe: full fine-tuning or LoRA, FSDP2 under torchrun, validation, best "
         "checkpoint, exact resume.", epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("config", metavar="CONFIG.yaml", help="the recipe")
+    p.add_argument("config", metavar="CONFIG.yaml", help="the recipe: native, or moshi-finetune's (moshi_7B.yaml)")
     p.add_argument("--override", "-o", action="append", default=[], metavar="KEY=VALUE",
                    help="change one field, e.g. optim.max_steps=200 (repeatable; values are YAML)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (metrics.jsonl is always written)")
@@ -79,10 +83,15 @@ def run_train(args: argparse.Namespace) -> int:
 
     if read_task(args.config, args.override) == "codec":
         return run_train_codec(args)
-    from ..train.config import load_config
+    from ..train.config import load_config, read_recipe
+    from ..train.moshi_finetune import from_moshi_finetune, is_moshi_finetune
     from ..train.recipe import train
 
-    cfg = load_config(args.config, args.override)
+    raw = read_recipe(args.config, args.override)
+    if is_moshi_finetune(raw):  # kyutai-labs/moshi-finetune's YAML: translated, its data prepared once
+        cfg = from_moshi_finetune(args.config, raw, quiet=args.no_progress)
+    else:
+        cfg = load_config(args.config, args.override)
     result = train(cfg, progress=not args.no_progress)
     import os
 

@@ -44,6 +44,7 @@ class LoraConfig:
     rank: int = 128
     scaling: float = 2.0
     target_modules: list[str] = field(default_factory=lambda: ["*"])  # fnmatch patterns over nn.Linear names
+    train_embeddings: bool = False  # also train every parameter whose name holds "emb" (moshi-finetune ft_embed)
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,10 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
     warmup: int = 0  # linear warm-up steps from 0
-    schedule: str = "cosine"  # cosine (to min_lr_ratio x lr at max_steps) | constant
+    schedule: str = "cosine"  # cosine (to min_lr_ratio x lr at max_steps) | constant | onecycle
     min_lr_ratio: float = 0.0
+    pct_start: float = 0.05  # onecycle: share of max_steps spent rising from lr/25 to lr (torch OneCycleLR)
+    decay_all: bool = False  # weight decay on every parameter (moshi-finetune); false: matrices only
     max_steps: int = 1000
     grad_clip: float = 1.0  # 0: no clipping
 
@@ -67,6 +70,7 @@ class LossConfig:
     semantic_weight: float = 100.0  # codebook 0 relative to codebooks 1..7
     pad_weight: float = 0.5  # text PAD targets
     epad_weight: float = 0.5  # text end-of-padding targets (moshi-finetune 0.5; nu-dialogue 1.0)
+    normalize: str = "step"  # step: weight sums of the whole step | micro_batch: each micro-batch's, then the mean
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,13 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class WandbConfig:
+    project: str | None = None  # set: log to Weights & Biases when the wandb package is installed
+    run_name: str | None = None  # default: the run folder's name
+    offline: bool = False  # log to run.output/wandb, sync later with `wandb sync`
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -95,6 +106,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -204,7 +216,8 @@ def _validate(cfg: TrainConfig, source: str, base: Path, check_paths: bool) -> N
     if len(cfg.optim.betas) != 2 or not all(0 <= b < 1 for b in cfg.optim.betas):
         raise bad("optim.betas", f"must be two numbers in [0, 1), got {cfg.optim.betas}")
     choices = {
-        "optim.schedule": (cfg.optim.schedule, ("cosine", "constant")),
+        "optim.schedule": (cfg.optim.schedule, ("cosine", "constant", "onecycle")),
+        "loss.normalize": (cfg.loss.normalize, ("step", "micro_batch")),
         "run.mixed_precision": (cfg.run.mixed_precision, ("auto", "bf16", "fp32")),
         "model.dtype": (cfg.model.dtype, ("float32", "bfloat16")),
         "run.backend": (cfg.run.backend, ("auto", "nccl", "gloo")),
@@ -214,6 +227,14 @@ def _validate(cfg: TrainConfig, source: str, base: Path, check_paths: bool) -> N
             raise bad(key, f"must be one of {', '.join(allowed)}; got {value!r}")
     if not (cfg.run.device in ("auto", "cpu", "cuda") or cfg.run.device.startswith("cuda:")):
         raise bad("run.device", f"must be auto, cpu or cuda; got {cfg.run.device!r}")
+    if cfg.optim.schedule == "onecycle" and not 0 < cfg.optim.pct_start < 1:
+        raise bad("optim.pct_start", f"must be in (0, 1), got {cfg.optim.pct_start}")
+    if cfg.optim.schedule == "onecycle" and cfg.optim.warmup:
+        raise bad("optim.warmup", "must be 0 with schedule onecycle (its warm-up is pct_start x max_steps)")
+    if cfg.wandb.project is not None and not cfg.wandb.project:
+        raise bad("wandb.project", "must not be empty (leave it out for no wandb logging)")
+    if cfg.lora.train_embeddings and not cfg.lora.enabled:
+        raise bad("lora.train_embeddings", "needs lora.enabled (full fine-tuning trains the embeddings anyway)")
     if cfg.lora.enabled and cfg.lora.rank <= 0:
         raise bad("lora.rank", f"must be > 0, got {cfg.lora.rank}")
     if cfg.model.from_scratch and (cfg.model.config is None or cfg.model.checkpoint is not None or cfg.lora.enabled):
@@ -297,7 +318,7 @@ def load_config(
         if check_paths and value is not None and not value.startswith("hf://") and (key != "model.config" or value.endswith(".json")) \
                 and not Path(value).exists():
             raise ConfigError(f"{source}: {key} names {value!r}, which does not exist (relative paths are read from {base})")
-    return TrainConfig(model, resolved, cfg.lora, cfg.optim, cfg.loss, cfg.run)
+    return TrainConfig(model, resolved, cfg.lora, cfg.optim, cfg.loss, cfg.run, cfg.wandb)
 
 
 def _deep_copy(raw: Any) -> Any:

@@ -28,7 +28,7 @@ from . import checkpointing as ckpt
 from . import distributed as D
 from .config import TrainConfig
 from .data import TrainWindows, ValidWindows
-from .lora import adapter_state, apply_lora
+from .lora import apply_lora
 from .loss import combine, loss_parts, target_weights
 
 DEPTH_PREFIXES = ("depformer_in.", "depformer_emb.", "depformer_text_emb.", "depformer.", "linears.")
@@ -97,13 +97,14 @@ def enable_gradient_checkpointing(blocks: list[nn.Module]) -> None:
 
 
 def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
-    """AdamW groups: temporal / depth learning rates; weight decay on matrices only (not norms)."""
+    """AdamW groups: temporal / depth learning rates; weight decay on matrices only (not norms), or on every
+    parameter with ``optim.decay_all``."""
     groups: dict[tuple[str, bool], list[torch.Tensor]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         part = "depth" if name.startswith(DEPTH_PREFIXES) else "temporal"
-        groups.setdefault((part, p.dim() >= 2), []).append(p)
+        groups.setdefault((part, p.dim() >= 2 or cfg.optim.decay_all), []).append(p)
     lrs = {"temporal": cfg.optim.lr_temporal, "depth": cfg.optim.lr_depth}
     return [
         {"params": params, "lr": lrs[part], "weight_decay": cfg.optim.weight_decay if decay else 0.0, "name": f"{part}{'' if decay else '_no_decay'}"}
@@ -121,6 +122,26 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
         return 1.0
     progress = min(1.0, (step - o.warmup) / max(1, o.max_steps - o.warmup))
     return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """``onecycle``: torch's OneCycleLR as moshi-finetune builds it (peak = each group's lr, ``total_steps =
+    max_steps``, ``pct_start``; cosine from lr/25 up, then down to lr/25e4; beta1 cycled 0.95 → 0.85 → 0.95).
+    Otherwise :func:`lr_factor` on the base learning rates."""
+    o = cfg.optim
+    if o.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=o.max_steps, pct_start=o.pct_start)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+
+
+def train_embeddings(model: nn.Module) -> list[str]:
+    """Unfreeze every parameter whose name holds ``emb`` (moshi-finetune's ``lora.ft_embed``); their names."""
+    names = [n for n, p in model.named_parameters() if "emb" in n]
+    for n, p in model.named_parameters():
+        if "emb" in n:
+            p.requires_grad_(True)
+    return names
 
 
 def full_state(model: nn.Module, fsdp: bool) -> dict[str, torch.Tensor]:
@@ -188,6 +209,9 @@ def _train(cfg: TrainConfig, d: D.Dist, stop_after: int | None, progress: bool) 
     lm_config = model.config
     if cfg.lora.enabled:
         apply_lora(model, cfg.lora.rank, cfg.lora.scaling, cfg.lora.target_modules, seed=cfg.run.seed)
+        if cfg.lora.train_embeddings:
+            train_embeddings(model)
+    trainable_names = {n for n, p in model.named_parameters() if p.requires_grad}
     steps = ckpt.list_checkpoints(run_dir)
     resume = steps[-1] if steps else None
     trainable_saved = optim_saved = None
@@ -212,7 +236,7 @@ def _train(cfg: TrainConfig, d: D.Dist, stop_after: int | None, progress: bool) 
         model.to(d.device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(param_groups(model, cfg), betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+    scheduler = make_scheduler(optimizer, cfg)
     if resume is not None:
         load_optim_state(model, optimizer, optim_saved)
         scheduler.load_state_dict(state["scheduler"])
@@ -228,6 +252,8 @@ def _train(cfg: TrainConfig, d: D.Dist, stop_after: int | None, progress: bool) 
     scale = D.grad_scale(d, fsdp)
     autocast = (lambda: torch.autocast(d.device.type, dtype=torch.bfloat16)) if bf16 and not fsdp else nullcontext
     tb = _tensorboard(run_dir) if d.is_main else None
+    wandb_run = _wandb(cfg, run_dir) if d.is_main else None
+    per_micro = cfg.loss.normalize == "micro_batch"
 
     def global_loss(batches: list[torch.Tensor], backward: bool) -> dict[str, float]:
         """Run the micro-batches (this rank's share), return the global loss and its parts."""
@@ -243,10 +269,15 @@ def _train(cfg: TrainConfig, d: D.Dist, stop_after: int | None, progress: bool) 
             with autocast():
                 out = model(codes)
             parts = loss_parts(out, codes, w, lm_config)
-            loss = combine(parts, totals[0], totals[1], cfg.loss)
+            if per_micro:  # moshi-finetune: each micro-batch normalised by its own weights, then the mean
+                share = len(batches) * d.world
+                text_total, audio_total = w.text.sum().clamp(min=1e-12) * share, w.audio.sum().clamp(min=1e-12) * share
+            else:
+                text_total, audio_total = totals[0], totals[1]
+            loss = combine(parts, text_total, audio_total, cfg.loss)
             if backward:
                 (loss * scale).backward()
-            sums += torch.stack([loss.detach(), parts.text.detach() / totals[0], parts.audio.detach() / totals[1],
+            sums += torch.stack([loss.detach(), parts.text.detach() / text_total, parts.audio.detach() / audio_total,
                                  torch.zeros((), device=d.device)])
         D.all_reduce_sum(sums, d)
         values = sums.tolist()
@@ -265,7 +296,7 @@ def _train(cfg: TrainConfig, d: D.Dist, stop_after: int | None, progress: bool) 
 
     def save(step: int) -> None:
         full = full_state(model, fsdp)  # collective under FSDP
-        trainable_state = adapter_state(full) if cfg.lora.enabled else full
+        trainable_state = {k: v for k, v in full.items() if k in trainable_names} if cfg.lora.enabled else full
         optim = optim_state(model, optimizer)  # collective under FSDP
         all_rngs = D.gather_objects(ckpt.rng_state(), d)
         if d.is_main:
@@ -319,10 +350,14 @@ def _train(cfg: TrainConfig, d: D.Dist, stop_after: int | None, progress: bool) 
                 if tb is not None:
                     for k in ("loss", "text_loss", "audio_loss", "grad_norm"):
                         tb.add_scalar(f"train/{k}", record[k], step)
+                if wandb_run is not None:
+                    wandb_run.log({f"train/{k}": v for k, v in record.items() if k not in ("step", "split")}, step=step)
             if evaluate:
                 _append_metrics(metrics_path, {"step": step, "split": "valid", "loss": result.valid[step]})
                 if tb is not None:
                     tb.add_scalar("valid/loss", result.valid[step], step)
+                if wandb_run is not None:
+                    wandb_run.log({"valid/loss": result.valid[step]}, step=step)
             if bar is not None:
                 bar.set_postfix(loss=f"{values['loss']:.3f}", **({"valid": f"{result.valid[step]:.3f}"} if evaluate else {}))
                 bar.update(1)
@@ -334,6 +369,8 @@ def _train(cfg: TrainConfig, d: D.Dist, stop_after: int | None, progress: bool) 
         bar.close()
     if tb is not None:
         tb.close()
+    if wandb_run is not None:
+        wandb_run.finish()
     result.last_step = step
     return result
 
@@ -344,3 +381,19 @@ def _tensorboard(run_dir: Path) -> Any:
     except ImportError:  # tensorboard not installed: metrics.jsonl only
         return None
     return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def _wandb(cfg: TrainConfig, run_dir: Path) -> Any:
+    """A wandb run when ``wandb.project`` is set and wandb is installed; one line on stderr when it is not."""
+    if cfg.wandb.project is None:
+        return None
+    try:
+        import wandb
+    except ImportError:
+        import sys
+
+        print(f"wandb is not installed: wandb.project {cfg.wandb.project!r} is not logged (metrics.jsonl and "
+              "TensorBoard are); `pip install wandb` to log there", file=sys.stderr)
+        return None
+    return wandb.init(project=cfg.wandb.project, name=cfg.wandb.run_name or run_dir.resolve().name,
+                      dir=str(run_dir), mode="offline" if cfg.wandb.offline else "online", config=cfg.to_dict())

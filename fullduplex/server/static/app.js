@@ -4,6 +4,9 @@
 (function () {
   "use strict";
 
+  // The wire carries 24 kHz audio. The AudioContext runs at the sound device's own rate (44.1 / 48 kHz usually):
+  // the recorder resamples the microphone to 24 kHz before Opus, and the decoder resamples the model's 24 kHz audio
+  // to the context's rate. Firefox refuses to connect a microphone to a context at another rate.
   const SAMPLE_RATE = 24000;
   const KIND = { HANDSHAKE: 0, AUDIO: 1, TEXT: 2, CONTROL: 3, METADATA: 4, ERROR: 5, PING: 6 };
   const VENDOR = "static/vendor/opus-recorder/";
@@ -56,7 +59,7 @@
   class Conversation {
     constructor() {
       this.sentSamples = 0;       // 24 kHz samples of microphone audio sent
-      this.receivedSamples = 0;   // 24 kHz samples of model audio decoded
+      this.receivedSamples = 0;   // model audio decoded at the context rate, counted in 24 kHz samples
       this.textPieces = 0;
       this.queued = 0;            // samples waiting in the player
       this.closedByUs = false;
@@ -69,7 +72,9 @@
       if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
         throw new Error(micErrorMessage({ name: "SecurityError" }));
       }
-      this.context = new AudioContext({ sampleRate: SAMPLE_RATE, latencyHint: "interactive" });
+      this.context = new AudioContext({ latencyHint: "interactive" }); // the device's rate
+      this.rate = this.context.sampleRate;
+      ui.stats.dataset.contextRate = String(this.rate);
       try {
         this.stream = await navigator.mediaDevices.getUserMedia({
           audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true, channelCount: 1 },
@@ -80,11 +85,12 @@
       await this.context.resume();
       await this.context.audioWorklet.addModule("static/player.js");
       this.player = new AudioWorkletNode(this.context, "fullduplex-player", {
-        outputChannelCount: [1], processorOptions: { startSamples: 1920, maxSamples: SAMPLE_RATE },
+        outputChannelCount: [1],
+        processorOptions: { startSamples: Math.round(0.08 * this.rate), maxSamples: this.rate }, // 80 ms, 1 s
       });
       this.player.connect(this.context.destination);
       this.player.port.onmessage = (event) => {
-        this.queued = event.data.queued;
+        this.queued = event.data.queued * SAMPLE_RATE / this.rate; // in 24 kHz samples, as the counters
         ui.modelLevel.value = Math.min(1, event.data.level * 4);
       };
       this.source = this.context.createMediaStreamSource(this.stream);
@@ -94,13 +100,13 @@
 
       this.decoder = new Worker(VENDOR + "decoderWorker.min.js");
       this.decoder.postMessage({
-        command: "init", decoderSampleRate: SAMPLE_RATE, outputBufferSampleRate: SAMPLE_RATE,
-        bufferLength: 960, resampleQuality: 0,
+        command: "init", decoderSampleRate: SAMPLE_RATE, outputBufferSampleRate: this.rate, // resamples
+        bufferLength: Math.round(0.04 * this.rate), resampleQuality: 3,
       });
       this.decoder.onmessage = (event) => {
         if (!event.data) return;
         const pcm = event.data[0];
-        this.receivedSamples += pcm.length;
+        this.receivedSamples += pcm.length * SAMPLE_RATE / this.rate;
         this.player.port.postMessage(pcm, [pcm.buffer]);
       };
 
@@ -117,7 +123,7 @@
       this.recorder = new Recorder({
         encoderPath: VENDOR + "encoderWorker.min.js",
         sourceNode: this.source,
-        encoderSampleRate: SAMPLE_RATE,
+        encoderSampleRate: SAMPLE_RATE, // resampled from the context's rate (resampleQuality below)
         encoderApplication: 2049,
         encoderFrameSize: 20,
         maxFramesPerPage: 2,       // a page every 40 ms: low latency

@@ -1,12 +1,13 @@
-// Playback worklet: a queue of the model's 24 kHz audio, played as it arrives.
+// Playback worklet: a queue of the model's audio (already resampled to the context's rate by the decoder), played as
+// it arrives.
 // It waits for a small cushion (startSamples) before it starts and after every underrun, so network jitter does
 // not turn into clicks; it drops the oldest audio when the queue grows past maxSamples, so delay cannot pile up.
 class FullduplexPlayer extends AudioWorkletProcessor {
   constructor(options) {
     super();
     const opts = (options && options.processorOptions) || {};
-    this.startSamples = opts.startSamples || 1920;   // 80 ms at 24 kHz
-    this.maxSamples = opts.maxSamples || 24000;      // 1 s
+    this.startSamples = opts.startSamples || Math.round(0.08 * sampleRate);  // 80 ms at the context's rate
+    this.maxSamples = opts.maxSamples || sampleRate;                         // 1 s
     this.chunks = [];
     this.offset = 0;        // read position inside chunks[0]
     this.queued = 0;        // samples waiting
