@@ -27,6 +27,17 @@ if ! command -v espeak-ng >/dev/null; then
         echo "warning: espeak-ng not found; the synthetic-dialogue tests will be skipped (apt-get install espeak-ng)"
     fi
 fi
+# The load-balancer test runs Debian's HAProxy in front of two servers; install it the same way, else it is skipped.
+if ! command -v haproxy >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "==> installing haproxy (for tests/server/test_balancer.py)"
+        apt-get install -y -q haproxy >/dev/null 2>&1 \
+            || { apt-get update -q >/dev/null && apt-get install -y -q haproxy >/dev/null; } \
+            || echo "warning: could not install haproxy; the load-balancer test will be skipped"
+    else
+        echo "warning: haproxy not found; the load-balancer test will be skipped (apt-get install haproxy)"
+    fi
+fi
 echo "==> ruff"
 ruff check fullduplex tests benchmarks scripts
 echo "==> pytest"
