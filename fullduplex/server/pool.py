@@ -10,6 +10,8 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import torch
+
 from ..inference.engine import Engine, EngineFull, Session
 from ..inference.persona import Persona
 
@@ -76,8 +78,10 @@ class EnginePool:
 
     # --- the server's life --------------------------------------------------------------------------------
     def start(self) -> None:
-        for engine in self.engines:
-            engine.start()
+        """Start each engine on its own model thread, which it then keeps (its current CUDA device is the engine's:
+        CUDA graphs capture on the current device's stream, and seeds go to its generator)."""
+        for lane in self.lanes:
+            lane.thread.submit(_start_here, lane.engine).result()
 
     def stop(self) -> None:
         """Wait for every model thread to finish its work, then stop the engines."""
@@ -115,3 +119,9 @@ class EnginePool:
         caches = {id(e.personas): e.personas for e in self.engines}.values()  # engines may share one cache
         return (sum(c.nbytes for c in caches), sum(len(c) for c in caches), sum(c.hits for c in caches),
                 sum(c.misses for c in caches))
+
+
+def _start_here(engine: Engine) -> None:
+    if engine.device.type == "cuda" and engine.device.index is not None:
+        torch.cuda.set_device(engine.device)  # per thread: this model thread's kernels and graphs go to its device
+    engine.start()
