@@ -332,17 +332,19 @@ class Server:
             "# HELP fullduplex_step_seconds Model step time over the last 1000 steps (of every engine).",
             "# TYPE fullduplex_step_seconds summary",
             *quantile_lines("fullduplex_step_seconds", "", pool.step_times),
-            "# HELP fullduplex_engine_sessions Per engine (one per device): live conversations, slots, steps.",
+            "# HELP fullduplex_engine_sessions Per engine (one per device, --devices): the figures above.",
         ]
-        for i, lane in enumerate(pool.lanes):
-            engine, label = lane.engine, f'engine="{i}",device="{lane.device}"'
-            lines += [
-                f"fullduplex_engine_sessions{{{label}}} {engine.active}",
-                f"fullduplex_engine_sessions_max{{{label}}} {engine.max_sessions}",
-                f"fullduplex_engine_steps_total{{{label}}} {engine.steps}",
-                f"fullduplex_engine_steps_behind_total{{{label}}} {lane.behind}",
-                *quantile_lines("fullduplex_engine_step_seconds", label + ",", engine.step_times),
-            ]
+        labels = [f'engine="{i}",device="{lane.device}"' for i, lane in enumerate(pool.lanes)]
+        for name, kind, value in (("sessions", "gauge", lambda lane: lane.engine.active),
+                                  ("sessions_max", "gauge", lambda lane: lane.engine.max_sessions),
+                                  ("steps_total", "counter", lambda lane: lane.engine.steps),
+                                  ("steps_behind_total", "counter", lambda lane: lane.behind)):
+            lines.append(f"# TYPE fullduplex_engine_{name} {kind}")
+            lines += [f"fullduplex_engine_{name}{{{label}}} {value(lane)}"
+                      for label, lane in zip(labels, pool.lanes, strict=True)]
+        lines.append("# TYPE fullduplex_engine_step_seconds summary")
+        for label, lane in zip(labels, pool.lanes, strict=True):
+            lines += quantile_lines("fullduplex_engine_step_seconds", label + ",", lane.engine.step_times)
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
 
