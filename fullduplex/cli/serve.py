@@ -131,6 +131,8 @@ def serve_command(args: argparse.Namespace) -> int:
     devices = parse_devices(args.devices, args.device)
     context = ssl_context(args.ssl)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # A load balancer asks for /api/health every second or so: keep those requests out of the access log.
+    logging.getLogger("aiohttp.access").addFilter(lambda record: "GET /api/health " not in record.getMessage())
     lanes, loaded = [], []
     for device in devices:  # a model copy per device, loaded and stepped on its own thread (see Server)
         thread = new_model_thread()
