@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import threading
 
 import pytest
 from aiohttp import ClientSession
@@ -47,6 +48,21 @@ def test_sessions_go_to_the_least_loaded_engine(models):
             pool.open()
         pool.close(opened[0])  # a slot of engine 0 frees: the next session takes it
         assert not pool.full and pool.lane_of(pool.open()).engine is pool.engines[0]
+    finally:
+        pool.stop()
+
+
+def test_each_engine_starts_on_its_own_model_thread(models):
+    """The thread that steps an engine also starts it (on CUDA: that thread's current device is the engine's, where
+    its seeds and CUDA graphs go)."""
+    pool = pool_of(models, 1, 1)
+    started = []
+    for engine in pool.engines:
+        engine.start = lambda engine=engine, start=engine.start: (started.append(threading.current_thread()), start())
+    pool.start()
+    try:
+        stepped = [lane.thread.submit(threading.current_thread).result() for lane in pool.lanes]
+        assert started == stepped and stepped[0] is not stepped[1] and threading.current_thread() not in stepped
     finally:
         pool.stop()
 
