@@ -5,28 +5,24 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 FULLDUPLEX_EXTRAS="${FULLDUPLEX_EXTRAS:-dev,eval,train}" source "$ROOT/scripts/setup.sh"
 cd "$ROOT"
-# The browser test drives Debian's headless Chromium; install it where we may (root with apt), else it is skipped.
-if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+# Debian packages some tests drive: installed where we may (root with apt), else those tests are skipped.
+need_debian() {  # need_debian "COMMANDS" "PACKAGES" "WHAT FOR"
+    local missing=0 cmd
+    for cmd in $1; do command -v "$cmd" >/dev/null || missing=1; done
+    [ "$missing" = 0 ] && return 0
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "==> installing chromium and chromium-driver (for tests/server/test_web_page.py)"
-        apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 \
-            || { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; } \
-            || echo "warning: could not install chromium; the browser test will be skipped"
+        echo "==> installing $2 (for $3)"
+        # shellcheck disable=SC2086
+        apt-get install -y -q $2 >/dev/null 2>&1 \
+            || { apt-get update -q >/dev/null && apt-get install -y -q $2 >/dev/null; } \
+            || echo "warning: could not install $2; $3 will be skipped"
     else
-        echo "warning: chromium/chromedriver not found; the browser test will be skipped (apt-get install chromium chromium-driver)"
+        echo "warning: $1 not found; $3 will be skipped (apt-get install $2)"
     fi
-fi
-# The synthetic-dialogue tests speak with espeak-ng; install it the same way, else they are skipped.
-if ! command -v espeak-ng >/dev/null; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "==> installing espeak-ng (for tests/data/test_synth.py)"
-        apt-get install -y -q espeak-ng >/dev/null 2>&1 \
-            || { apt-get update -q >/dev/null && apt-get install -y -q espeak-ng >/dev/null; } \
-            || echo "warning: could not install espeak-ng; the synthetic-dialogue tests will be skipped"
-    else
-        echo "warning: espeak-ng not found; the synthetic-dialogue tests will be skipped (apt-get install espeak-ng)"
-    fi
-fi
+}
+need_debian "chromium chromedriver" "chromium chromium-driver" "tests/server/test_web_page.py"
+need_debian "espeak-ng" "espeak-ng" "tests/data/test_synth.py"
+need_debian "haproxy" "haproxy" "tests/server/test_balancer.py"
 # Record the exact versions this run used: a fresh machine installs the newest release within each range
 # (docs/dependencies.md), so a later failure can be traced to a version change by comparing two logs.
 echo "==> versions: $(python --version 2>&1), $(uname -sm)"

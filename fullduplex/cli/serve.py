@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FullduplexError
-from .codec import positive_int
+from .codec import positive_int, resolve_device
 from .models import add_model_arguments, load_models
 
 EPILOG = """\
@@ -17,6 +17,7 @@ examples:
   fullduplex serve                                  # the small demo model bundled with fullduplex (CPU is enough)
   fullduplex serve --hf-repo kyutai/moshiko-pytorch-bf16
   fullduplex serve --hf-repo JoshTalksAI/Human-1 --max-sessions 16
+  fullduplex serve --hf-repo kyutai/moshiko-pytorch-bf16 --devices cuda:0,cuda:1 --max-sessions 32
   fullduplex serve --hf-repo nu-dialogue/j-moshi-ext --host 0.0.0.0 --auth-token "$TOKEN" --ssl ./certs
   fullduplex serve --hf-repo nvidia/personaplex-7b-v1 --voice-dir voices --voice NATF2.pt \
       --text-prompt "You work for a bike shop; be brief."
@@ -35,6 +36,11 @@ voice_prompt=NAME (a file in --voice-dir: .pt, .safetensors from `fullduplex voi
 PersonaPlex's own client does; without them the server's --text-prompt/--voice apply. A persona's prompt runs
 once, before the handshake; its state is then cached (--persona-cache-mb), so the next conversation with it
 starts at once. GET /api/voices lists the voices.
+
+Several GPUs: --devices cuda:0,cuda:1 loads the model once per device and steps each copy on its own thread;
+a new conversation goes to the device with the most free slots. Several machines: run a server on each behind
+a load balancer; GET /api/health answers 503 {"status": "full"} while every slot is taken, so the balancer
+sends new conversations elsewhere (a tested HAProxy config: examples/deploy/haproxy.cfg, docs/deploy.md).
 """
 
 
@@ -52,7 +58,10 @@ def register(subparsers: Any) -> None:
     net.add_argument("--auth-token", metavar="TOKEN", help="refuse clients that do not present this token")
     limits = parser.add_argument_group("limits")
     limits.add_argument("--max-sessions", type=positive_int, default=8, metavar="N",
-                        help="conversations served at once, one batch slot each (default: 8)")
+                        help="conversations served at once, one batch slot each (default: 8); per device with --devices")
+    limits.add_argument("--devices", metavar="LIST",
+                        help="one model copy and engine per device, comma-separated, e.g. cuda:0,cuda:1 (cpu,cpu to "
+                             "try it); each new conversation goes to the least-loaded one (default: --device alone)")
     limits.add_argument("--idle-timeout", type=float, default=30.0, metavar="S",
                         help="end a session after S seconds without a message from its client (default: 30)")
     limits.add_argument("--max-session-seconds", type=float, default=600.0, metavar="S",
@@ -62,7 +71,8 @@ def register(subparsers: Any) -> None:
     personas.add_argument("--voice", metavar="NAME", help="default voice: a file name in --voice-dir")
     personas.add_argument("--text-prompt", metavar="TEXT", help="default role prompt (default: none)")
     personas.add_argument("--persona-cache-mb", type=float, default=1024.0, metavar="MB",
-                          help="memory for cached persona states, least recently used dropped first (default: 1024)")
+                          help="memory for cached persona states, least recently used dropped first (default: 1024; "
+                               "per device with --devices)")
     add_model_arguments(parser)
     parser.set_defaults(func=serve_command)
 
@@ -82,6 +92,23 @@ def ssl_context(folder: str | None) -> ssl.SSLContext | None:
     return context
 
 
+def parse_devices(devices: str | None, device: str | None) -> list[str | None]:
+    """The devices to serve on, one engine each: ``--devices`` split at commas and checked, else ``--device``."""
+    if devices is None:
+        return [device]
+    if device is not None:
+        raise FullduplexError("give --device or --devices, not both")
+    names = [name.strip() for name in devices.split(",")]
+    if not all(names):
+        raise FullduplexError(f"--devices {devices!r}: expected comma-separated devices, e.g. cuda:0,cuda:1 or cpu,cpu")
+    for name in names:
+        try:
+            resolve_device(name)
+        except FullduplexError as e:
+            raise FullduplexError(f"--devices {devices}: {str(e).removeprefix('--device ')}") from None
+    return names
+
+
 def serve_command(args: argparse.Namespace) -> int:
     """Load the models, then serve until interrupted."""
     from aiohttp import web
@@ -91,6 +118,7 @@ def serve_command(args: argparse.Namespace) -> int:
     from ..inference.voice import filler_codes
     from ..server.app import Server, ServerConfig, new_model_thread
     from ..server.personas import PersonaLibrary
+    from ..server.pool import EnginePool, Lane
 
     if not 0 < args.port < 65536:
         raise FullduplexError(f"--port must be 1..65535, got {args.port}")
@@ -100,13 +128,21 @@ def serve_command(args: argparse.Namespace) -> int:
         raise FullduplexError("--voice needs --voice-dir (the folder it is in)")
     if args.persona_cache_mb < 0:
         raise FullduplexError("--persona-cache-mb must be >= 0")
+    devices = parse_devices(args.devices, args.device)
     context = ssl_context(args.ssl)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    model_thread = new_model_thread()  # loads and steps the models: one torch thread team (see Server)
-    models = model_thread.submit(load_models, args).result()
-    cache = PersonaCache(max_bytes=int(args.persona_cache_mb * 2**20))
-    engine = Engine(models.mimi, models.lm, models.sampling, max_sessions=args.max_sessions, personas=cache)
-    personas = model_thread.submit(lambda: PersonaLibrary(
+    # A load balancer asks for /api/health every second or so: keep those requests out of the access log.
+    logging.getLogger("aiohttp.access").addFilter(lambda record: "GET /api/health " not in record.getMessage())
+    lanes, loaded = [], []
+    for device in devices:  # a model copy per device, loaded and stepped on its own thread (see Server)
+        thread = new_model_thread()
+        loaded.append(thread.submit(load_models, argparse.Namespace(**{**vars(args), "device": device})).result())
+        cache = PersonaCache(max_bytes=int(args.persona_cache_mb * 2**20))  # a state lives on its engine's device
+        engine = Engine(loaded[-1].mimi, loaded[-1].lm, loaded[-1].sampling, max_sessions=args.max_sessions,
+                        personas=cache)
+        lanes.append(Lane(engine, thread))
+    models = loaded[0]  # prepares personas (on the first device) and gives the tokenizer
+    personas = lanes[0].thread.submit(lambda: PersonaLibrary(
         models.mimi, models.lm.config, models.tokenizer, filler_codes(models.mimi), args.voice_dir, args.voice,
         args.text_prompt,
     )).result()
@@ -114,9 +150,10 @@ def serve_command(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, auth_token=args.auth_token, idle_timeout=args.idle_timeout,
         max_session_seconds=args.max_session_seconds,
     )
-    server = Server(engine, models.tokenizer, config, model_thread, personas)
+    server = Server(EnginePool(lanes), models.tokenizer, config, personas=personas)
     scheme = "wss" if context else "ws"
-    print(f"serving {models.lm_path.name} to up to {args.max_sessions} conversations at "
+    where = f" ({args.max_sessions} on each of {', '.join(lane.device for lane in lanes)})" if len(lanes) > 1 else ""
+    print(f"serving {models.lm_path.name} to up to {args.max_sessions * len(lanes)} conversations{where} at "
           f"{scheme}://{args.host}:{args.port}/api/chat (health: /api/health, metrics: /api/metrics)", flush=True)
     web.run_app(server.app(), host=args.host, port=args.port, ssl_context=context, print=None)
     return 0

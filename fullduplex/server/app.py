@@ -3,8 +3,9 @@
 Routes: ``GET /`` (the web page: ``fullduplex/server/static``, served from the package, nothing from a CDN),
 ``GET /api/chat`` (WebSocket, the Moshi wire protocol: see ``docs/protocol.md``; PersonaPlex's ``text_prompt`` and
 ``voice_prompt`` query parameters choose a persona, see ``docs/personas.md``), ``GET /api/voices``, ``GET /api/health``
-(JSON), ``GET /api/metrics`` (Prometheus text). The model runs in :class:`~fullduplex.inference.Engine` on one
-worker thread; the event loop only moves bytes.
+(JSON: ``ok`` 200, ``full`` 503 when every slot is taken, ``error`` 503; see ``docs/deploy.md``), ``GET /api/metrics``
+(Prometheus text). The model runs in :class:`~fullduplex.inference.Engine` on one worker thread (one engine and
+thread per device with ``--devices``: :class:`~fullduplex.server.pool.EnginePool`); the event loop only moves bytes.
 
 Stepping: the loop steps as soon as every started session has a whole frame of input, or 80 ms after the previous
 step when some do (the others then run on silence: an underrun, counted). Real-time clients are thus served in
@@ -20,6 +21,7 @@ import math
 import mimetypes
 import sys
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,7 @@ from ..inference.engine import Engine, EngineFull, Session
 from ..text.tokenizer import TextTokenizer
 from . import protocol
 from .personas import PersonaError, PersonaLibrary, persona_trained
+from .pool import EnginePool, Lane
 
 log = logging.getLogger("fullduplex.server")
 
@@ -56,25 +59,31 @@ def new_model_thread() -> ThreadPoolExecutor:
 
 
 class Server:
-    """Holds the engine, the stepping task and the per-session senders; :meth:`app` builds the aiohttp app."""
+    """Holds the engine (or an :class:`EnginePool` of several), the stepping tasks and the per-session senders;
+    :meth:`app` builds the aiohttp app."""
 
     def __init__(
         self,
-        engine: Engine,
+        engine: Engine | EnginePool,
         tokenizer: TextTokenizer,
         config: ServerConfig | None = None,
         model_thread: ThreadPoolExecutor | None = None,
         personas: PersonaLibrary | None = None,
     ) -> None:
-        self.engine, self.tokenizer, self.config = engine, tokenizer, config or ServerConfig()
+        self.tokenizer, self.config = tokenizer, config or ServerConfig()
         self.personas = personas
         # All model work belongs on one thread: torch's OpenMP keeps a thread team per calling thread, and once two
         # teams exist on 2 cores an engine step took 95 ms instead of 63 (measured). Load the models with
-        # `model_thread.submit(...)` too, then hand it here (see `fullduplex serve`).
-        self._executor = model_thread or new_model_thread()
-        self._input = asyncio.Event()
-        self._outputs: dict[int, asyncio.Event] = {}  # slot -> set after each step
-        self._task: asyncio.Task | None = None
+        # `model_thread.submit(...)` too, then hand it here (see `fullduplex serve`). A pool brings its own threads.
+        if isinstance(engine, EnginePool):
+            self.pool = engine
+        else:
+            self.pool = EnginePool.single(engine, model_thread or new_model_thread())
+        self.engine = self.pool.engines[0]  # the only one unless serving several devices
+        self._executor = self.pool.lanes[0].thread  # persona preparation runs here
+        self._input = asyncio.Event()  # shared by the step loops: each re-checks its own sessions when woken
+        self._outputs: dict[Session, asyncio.Event] = {}  # session -> set after each step of its engine
+        self._tasks: list[asyncio.Task] = []
         self.refused = 0
         self.behind = 0
         self.errors = 0
@@ -99,39 +108,42 @@ class Server:
         # it took 34-54 ms (benchmarks/server_load.py --switch-interval).
         self._switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(min(self._switch_interval, SWITCH_INTERVAL))
-        self.engine.start()
+        self.pool.start()
         self._input = asyncio.Event()
-        self._task = asyncio.create_task(self._step_loop(), name="fullduplex-steps")
+        self._tasks = [asyncio.create_task(self._step_loop(lane), name=f"fullduplex-steps-{i}")
+                       for i, lane in enumerate(self.pool.lanes)]
 
     async def _stop(self, app: web.Application) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             try:
-                await self._task
+                await task
             except asyncio.CancelledError:
                 pass
             except Exception:  # a failed model step, already logged when it happened
                 pass
-        self._executor.shutdown(wait=True)
-        self.engine.stop()
+        self.pool.stop()
         sys.setswitchinterval(self._switch_interval)
 
     # --- stepping -----------------------------------------------------------------------------------------
-    def _started(self) -> list[Session]:
-        return [s for s in self.engine.sessions if s is not None and s.started]
+    @staticmethod
+    def _started(engine: Engine) -> list[Session]:
+        return [s for s in engine.sessions if s is not None and s.started]
 
-    async def _step_loop(self) -> None:
+    async def _step_loop(self, lane: Lane) -> None:
+        """Step ``lane``'s engine on its own model thread (one such loop per engine)."""
         loop = asyncio.get_running_loop()
-        frame, period = self.engine.mimi.frame_size, self.config.frame_seconds
+        engine = lane.engine
+        frame, period = engine.mimi.frame_size, self.config.frame_seconds
         last = loop.time()
         while True:
-            prompting = any(s is not None and s.prompting for s in self.engine.sessions)
-            if not prompting and not any(s.buffered >= frame for s in self._started()):
+            prompting = any(s is not None and s.prompting for s in engine.sessions)
+            if not prompting and not any(s.buffered >= frame for s in self._started(engine)):
                 self._input.clear()
                 await self._input.wait()
                 continue
             deadline = last + period
-            while not all(s.buffered >= frame for s in self._started()) and loop.time() < deadline:
+            while not all(s.buffered >= frame for s in self._started(engine)) and loop.time() < deadline:
                 self._input.clear()
                 try:
                     await asyncio.wait_for(self._input.wait(), timeout=max(0.0, deadline - loop.time()))
@@ -139,18 +151,21 @@ class Server:
                     break
             last = loop.time()
             try:
-                await loop.run_in_executor(self._executor, self.engine.step)
+                await loop.run_in_executor(lane.thread, engine.step)
             except Exception:
-                log.exception("the model step failed; the server stops stepping (see /api/health)")
+                log.exception("the model step on %s failed; the server stops stepping (see /api/health)", lane.device)
                 raise
             took = loop.time() - last
             if took > period:
                 self.behind += 1
-                if self.behind == 1 or self.behind % 100 == 0:
-                    log.warning("a model step took %.0f ms (> %.0f ms): falling behind real time (%d such steps)",
-                                took * 1e3, period * 1e3, self.behind)
-            for event in self._outputs.values():
-                event.set()
+                lane.behind += 1
+                if lane.behind == 1 or lane.behind % 100 == 0:
+                    log.warning("a model step on %s took %.0f ms (> %.0f ms): falling behind real time (%d such steps)",
+                                lane.device, took * 1e3, period * 1e3, lane.behind)
+            for session in engine.sessions:
+                event = self._outputs.get(session) if session is not None else None
+                if event is not None:
+                    event.set()
 
     # --- routes -------------------------------------------------------------------------------------------
     def _authorized(self, request: web.Request) -> bool:
@@ -184,14 +199,14 @@ class Server:
                 await ws.close()
                 return ws
         try:
-            session = self.engine.open(persona)
+            session = self.pool.open(persona)
         except EngineFull as e:
             self.refused += 1
             await ws.send_bytes(protocol.error(str(e)))
             await ws.close()
             return ws
         ready = asyncio.Event()
-        self._outputs[session.slot] = ready
+        self._outputs[session] = ready
         sender = None
         try:
             while not session.live and not ws.closed:  # the persona's prompt runs in the slot: handshake after it
@@ -202,8 +217,8 @@ class Server:
             await ws.send_bytes(protocol.handshake())
             await self._receive(ws, session)
         finally:
-            self.engine.close(session)
-            self._outputs.pop(session.slot, None)
+            self.pool.close(session)
+            self._outputs.pop(session, None)
             if sender is not None:
                 sender.cancel()
                 try:
@@ -266,8 +281,8 @@ class Server:
 
     @property
     def healthy(self) -> bool:
-        """False once the stepping task has died (a failed model step): sessions would get no more audio."""
-        return self._task is not None and not self._task.done()
+        """False once a stepping task has died (a failed model step): its sessions would get no more audio."""
+        return bool(self._tasks) and not any(task.done() for task in self._tasks)
 
     async def voices(self, request: web.Request) -> web.Response:
         """The voice folder's voices and the defaults, for the web page's menu."""
@@ -280,21 +295,28 @@ class Server:
         })
 
     async def health(self, request: web.Request) -> web.Response:
+        """``ok`` (200), ``full`` (503: every slot taken, so a load balancer's health check sends new
+        conversations elsewhere until one ends) or ``error`` (503: a model step failed); sessions and slots in
+        total and per engine."""
+        pool = self.pool
+        status = "error" if not self.healthy else "full" if pool.full else "ok"
+        devices = [{"device": lane.device, "sessions": lane.engine.active, "max_sessions": lane.engine.max_sessions}
+                   for lane in pool.lanes]
         return web.json_response(
-            {"status": "ok" if self.healthy else "error", "sessions": self.engine.active,
-             "max_sessions": self.engine.max_sessions},
-            status=200 if self.healthy else 503,
+            {"status": status, "sessions": pool.active, "max_sessions": pool.max_sessions, "devices": devices},
+            status=200 if status == "ok" else 503,
         )
 
     async def metrics(self, request: web.Request) -> web.Response:
-        times = sorted(self.engine.step_times)
+        pool = self.pool
+        cache_bytes, cache_entries, cache_hits, cache_misses = pool.persona_cache()
         lines = [
             "# HELP fullduplex_sessions Live conversations.",
             "# TYPE fullduplex_sessions gauge",
-            f"fullduplex_sessions {self.engine.active}",
-            f"fullduplex_sessions_max {self.engine.max_sessions}",
+            f"fullduplex_sessions {pool.active}",
+            f"fullduplex_sessions_max {pool.max_sessions}",
             "# TYPE fullduplex_steps_total counter",
-            f"fullduplex_steps_total {self.engine.steps}",
+            f"fullduplex_steps_total {pool.steps}",
             "# HELP fullduplex_steps_behind_total Steps that took longer than one frame (80 ms).",
             "# TYPE fullduplex_steps_behind_total counter",
             f"fullduplex_steps_behind_total {self.behind}",
@@ -303,14 +325,34 @@ class Server:
             "# TYPE fullduplex_session_errors_total counter",
             f"fullduplex_session_errors_total {self.errors}",
             "# HELP fullduplex_persona_cache_bytes Prompt cache: bytes held, entries, hits, misses.",
-            f"fullduplex_persona_cache_bytes {self.engine.personas.nbytes}",
-            f"fullduplex_persona_cache_entries {len(self.engine.personas)}",
-            f"fullduplex_persona_cache_hits_total {self.engine.personas.hits}",
-            f"fullduplex_persona_cache_misses_total {self.engine.personas.misses}",
-            "# HELP fullduplex_step_seconds Model step time over the last 1000 steps.",
+            f"fullduplex_persona_cache_bytes {cache_bytes}",
+            f"fullduplex_persona_cache_entries {cache_entries}",
+            f"fullduplex_persona_cache_hits_total {cache_hits}",
+            f"fullduplex_persona_cache_misses_total {cache_misses}",
+            "# HELP fullduplex_step_seconds Model step time over the last 1000 steps (of every engine).",
             "# TYPE fullduplex_step_seconds summary",
+            *quantile_lines("fullduplex_step_seconds", "", pool.step_times),
+            "# HELP fullduplex_engine_sessions Per engine (one per device, --devices): the figures above.",
         ]
-        for q in (0.5, 0.95, 0.99):
-            value = times[min(len(times) - 1, math.ceil(q * len(times)) - 1)] if times else float("nan")
-            lines.append(f'fullduplex_step_seconds{{quantile="{q}"}} {value:.6f}')
+        labels = [f'engine="{i}",device="{lane.device}"' for i, lane in enumerate(pool.lanes)]
+        for name, kind, value in (("sessions", "gauge", lambda lane: lane.engine.active),
+                                  ("sessions_max", "gauge", lambda lane: lane.engine.max_sessions),
+                                  ("steps_total", "counter", lambda lane: lane.engine.steps),
+                                  ("steps_behind_total", "counter", lambda lane: lane.behind)):
+            lines.append(f"# TYPE fullduplex_engine_{name} {kind}")
+            lines += [f"fullduplex_engine_{name}{{{label}}} {value(lane)}"
+                      for label, lane in zip(labels, pool.lanes, strict=True)]
+        lines.append("# TYPE fullduplex_engine_step_seconds summary")
+        for label, lane in zip(labels, pool.lanes, strict=True):
+            lines += quantile_lines("fullduplex_engine_step_seconds", label + ",", lane.engine.step_times)
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+
+def quantile_lines(name: str, labels: str, step_times: Iterable[float]) -> list[str]:
+    """Median, p95 and p99 of ``step_times`` (seconds) as Prometheus summary lines; ``labels`` ends with a comma."""
+    times = sorted(step_times)
+    lines = []
+    for q in (0.5, 0.95, 0.99):
+        value = times[min(len(times) - 1, math.ceil(q * len(times)) - 1)] if times else float("nan")
+        lines.append(f'{name}{{{labels}quantile="{q}"}} {value:.6f}')
+    return lines
