@@ -50,6 +50,9 @@ def register(subparsers: Any) -> None:
     net.add_argument("--port", type=int, default=8998, help="port (default: 8998)")
     net.add_argument("--ssl", metavar="DIR", help="serve wss:// with DIR/key.pem and DIR/cert.pem")
     net.add_argument("--auth-token", metavar="TOKEN", help="refuse clients that do not present this token")
+    net.add_argument("--static", metavar="DIR", default="",
+                     help="the web page at /: a folder with an index.html to serve instead of fullduplex's own, or "
+                     "'none' for no page (the API only), as moshi.server's --static (default: fullduplex's page)")
     limits = parser.add_argument_group("limits")
     limits.add_argument("--max-sessions", type=positive_int, default=8, metavar="N",
                         help="conversations served at once, one batch slot each (default: 8)")
@@ -100,6 +103,8 @@ def serve_command(args: argparse.Namespace) -> int:
         raise FullduplexError("--voice needs --voice-dir (the folder it is in)")
     if args.persona_cache_mb < 0:
         raise FullduplexError("--persona-cache-mb must be >= 0")
+    if args.static and args.static != "none" and not (Path(args.static) / "index.html").is_file():
+        raise FullduplexError(f"--static {args.static}: no index.html there; give a folder holding one, or 'none'")
     context = ssl_context(args.ssl)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     model_thread = new_model_thread()  # loads and steps the models: one torch thread team (see Server)
@@ -112,7 +117,7 @@ def serve_command(args: argparse.Namespace) -> int:
     )).result()
     config = ServerConfig(
         host=args.host, port=args.port, auth_token=args.auth_token, idle_timeout=args.idle_timeout,
-        max_session_seconds=args.max_session_seconds,
+        max_session_seconds=args.max_session_seconds, static=args.static,
     )
     server = Server(engine, models.tokenizer, config, model_thread, personas)
     scheme = "wss" if context else "ws"
