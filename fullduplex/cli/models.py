@@ -135,7 +135,8 @@ def sampling_from_args(args: argparse.Namespace, gen_config: dict | None = None,
 
 def model_config_json(args: argparse.Namespace) -> tuple[dict | None, str]:
     """(the model's moshi-style ``config.json`` as a dict, or None; where it came from): ``--config`` when it is a
-    JSON file, else the checkpoint folder's, else the ``--hf-repo``'s (from the cache or the hub, as the weights)."""
+    JSON file, else the one in a ``--moshi-weight`` folder (none for a weights file, as :func:`resolve_lm`), else
+    the ``--hf-repo``'s (from the cache or the hub, as the weights)."""
     import json
 
     from ..checkpoint.resolve import repo_config
@@ -154,9 +155,8 @@ def model_config_json(args: argparse.Namespace) -> tuple[dict | None, str]:
         return read(Path(args.config)), str(args.config)
     if args.moshi_weight is not None and not str(args.moshi_weight).startswith("hf://"):
         folder = Path(str(args.moshi_weight).removeprefix("file://")).expanduser()
-        folder = folder if folder.is_dir() else folder.parent
-        return ((read(folder / "config.json"), str(folder / "config.json")) if (folder / "config.json").is_file()
-                else (None, ""))
+        config = folder / "config.json"
+        return (read(config), str(config)) if folder.is_dir() and config.is_file() else (None, "")
     repo = args.hf_repo or DEFAULT_REPO
     if args.moshi_weight is not None:  # hf://OWNER/REPO[/FILE]
         repo = "/".join(str(args.moshi_weight)[len("hf://"):].strip("/").split("/")[:2])

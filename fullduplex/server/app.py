@@ -93,9 +93,8 @@ class Server:
         app.router.add_get("/api/health", self.health)
         app.router.add_get("/api/metrics", self.metrics)
         if self.config.static and self.config.static != "none":  # after /api/*: the folder's files come last
-            folder = Path(self.config.static)
-            app.router.add_get("/", lambda _: web.FileResponse(folder / "index.html"))
-            app.router.add_static("/", folder, follow_symlinks=False)
+            app.router.add_get("/", self.static_index)
+            app.router.add_static("/", Path(self.config.static), follow_symlinks=False)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
         return app
@@ -170,6 +169,9 @@ class Server:
 
     async def index(self, request: web.Request) -> web.StreamResponse:
         return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    async def static_index(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(Path(self.config.static) / "index.html", headers={"Cache-Control": "no-cache"})
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         if not self._authorized(request):

@@ -244,3 +244,36 @@ def test_server_with_moshi_readme_flags_talks_to_moshi_client(checkpoint, tmp_pa
     played = np.concatenate(device.played) if device.played else np.zeros(0, np.float32)
     assert len(played) == sent and np.abs(played).mean() > 1e-3, log.read_text()
     assert "serving model.safetensors" in log.read_text()
+
+
+@pytest.mark.parametrize("static", ["none", "folder"])
+def test_server_static_option(tmp_path, static):
+    """--static none: no page at / (the API stays); --static DIR: DIR's index.html at / and its files below."""
+    from aiohttp.test_utils import TestServer
+
+    from fullduplex.inference import Engine
+    from fullduplex.server.app import Server, ServerConfig
+    from tests.helpers import tiny_models
+
+    mimi, lm, tokenizer = tiny_models(tmp_path)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("<p>moshi page</p>")
+    (site / "app.js").write_text("// js")
+    config = ServerConfig(static="none" if static == "none" else str(site))
+
+    async def fetch() -> list[tuple[int, str]]:
+        server = Server(Engine(mimi, lm, Sampling(temp=0, temp_text=0), max_sessions=1), tokenizer, config)
+        async with TestServer(server.app(), host="127.0.0.1") as test_server, aiohttp.ClientSession() as http:
+            got = []
+            for path in ("/", "/app.js", "/api/health"):
+                async with http.get(f"http://127.0.0.1:{test_server.port}{path}") as response:
+                    got.append((response.status, await response.text()))
+            return got
+
+    page, script, health = asyncio.run(fetch())
+    assert health[0] == 200
+    if static == "none":
+        assert page[0] == 404 and script[0] == 404
+    else:
+        assert page == (200, "<p>moshi page</p>") and script == (200, "// js")
