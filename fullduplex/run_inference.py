@@ -176,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
     if out is not None and (out.is_dir() or not out.parent.is_dir()):
         raise FullduplexError(f"cannot write {out}: " + ("it is a folder" if out.is_dir() else
                                                          f"folder {out.parent} does not exist"))
+    if not Path(args.infile).is_file():
+        raise AudioError(f"audio file not found: {args.infile}")
     model_args = model_arguments(args, SEED)
     if args.cfg_coef != 1.0:  # before any loading
         from .cli.models import CFG_REFUSAL
