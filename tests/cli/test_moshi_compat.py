@@ -277,3 +277,15 @@ def test_server_static_option(tmp_path, static):
         assert page[0] == 404 and script[0] == 404
     else:
         assert page == (200, "<p>moshi page</p>") and script == (200, "// js")
+
+
+def test_native_commands_take_moshi_spellings():
+    from fullduplex.cli.main import build_parser
+
+    parser = build_parser()
+    for command in (["generate", "-i", "talk.wav"], ["serve"]):
+        for spelling in ("--config-path", "--lm-config", "--config"):
+            args = parser.parse_args([*command, spelling, "c.json", "--half", "--no_fuse_lora", "--cfg-coef", "1"])
+            assert (args.config, args.dtype, args.cfg_coef) == ("c.json", "float16", 1.0)
+        assert parser.parse_args(command).temp is None  # unset: the model's lm_gen_config, else the default
+    assert parser.parse_args(["serve", "--static", "none"]).static == "none"
