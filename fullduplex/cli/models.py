@@ -36,9 +36,11 @@ def add_model_arguments(parser: argparse.ArgumentParser, seed_help: str = "rando
     ckpt.add_argument("--mimi-weight", metavar="FILE", help="Mimi checkpoint: file, folder or hf://OWNER/REPO[/FILE]")
     ckpt.add_argument("--tokenizer", metavar="FILE", help="SentencePiece .model of the LM's text vocabulary")
     ckpt.add_argument(
-        "--config", metavar="PRESET_OR_JSON",
+        "--config", "--config-path", "--lm-config", dest="config", metavar="PRESET_OR_JSON",
         help=f"LM architecture: a preset ({', '.join(sorted(LM_PRESETS))}) or a moshi config.json "
-        "(default: the checkpoint folder's or repo's config.json, else moshiko 7B)",
+        "(default: the checkpoint folder's or repo's config.json, else moshiko 7B); a config.json also gives "
+        "its lm_gen_config (sampling defaults), mimi_config_name and lora_scaling. --config-path (moshi.server) "
+        "and --lm-config (moshi.run_inference) are the same option",
     )
     ckpt.add_argument(
         "--lora-weight", metavar="FILE",
@@ -47,23 +49,33 @@ def add_model_arguments(parser: argparse.ArgumentParser, seed_help: str = "rando
     )
     ckpt.add_argument("--lora-scaling", type=float, default=None, metavar="S",
                       help="LoRA scaling (default: the config.json's lora_scaling, else 2.0)")
+    ckpt.add_argument("--no_fuse_lora", "--no-fuse-lora", action="store_false", dest="fuse_lora", default=True,
+                      help="accepted for moshi.server: fullduplex always folds LoRA into the weights, which computes "
+                      "the same function as moshi's unfused layers (see docs/from-moshi.md)")
     ckpt.add_argument(
         "--mimi-config", metavar="PRESET_OR_JSON",
         help=f"Mimi architecture: a preset ({', '.join(sorted(MIMI_PRESETS))}) or a JSON mimi_config dict "
         "(default: the released Mimi)",
     )
-    sampling = parser.add_argument_group("sampling (temperature 0 = greedy; top-k 0 = no limit)")
-    sampling.add_argument("--temp", type=float, default=0.8, help="audio temperature (default: 0.8)")
-    sampling.add_argument("--temp-text", type=float, default=0.7, help="text temperature (default: 0.7)")
-    sampling.add_argument("--top-k", type=int, default=250, help="audio top-k (default: 250)")
-    sampling.add_argument("--top-k-text", type=int, default=25, help="text top-k (default: 25)")
+    sampling = parser.add_argument_group(
+        "sampling (temperature 0 = greedy; top-k 0 = no limit; defaults: the model's config.json lm_gen_config, "
+        "else the values shown)")
+    sampling.add_argument("--temp", type=float, default=None, help="audio temperature (default: 0.8)")
+    sampling.add_argument("--temp-text", type=float, default=None, help="text temperature (default: 0.7)")
+    sampling.add_argument("--top-k", type=int, default=None, help="audio top-k (default: 250)")
+    sampling.add_argument("--top-k-text", type=int, default=None, help="text top-k (default: 25)")
     sampling.add_argument("--seed", type=int, default=4242, help=seed_help)
+    sampling.add_argument("--cfg-coef", type=float, default=1.0, metavar="C",
+                          help="classifier-free guidance (moshi's flag): only 1.0 (none) here, as the dialogue "
+                          "models have no conditioning")
     run = parser.add_argument_group("run")
     run.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)")
     run.add_argument(
         "--dtype", choices=sorted(DTYPES), default=None,
         help="LM weights and compute (default: bfloat16 on CUDA and for MLX files, else float32; Mimi stays float32)",
     )
+    run.add_argument("--half", action="store_const", const="float16", dest="dtype",
+                     help="moshi's spelling of --dtype float16")
     run.add_argument(
         "--quantize", choices=["int8", "int4"], default=None,
         help="weight-only quantization of the LM's linear layers and embeddings, applied tensor by tensor while "
@@ -83,8 +95,102 @@ class Models:
     sampling: Sampling
 
 
-def sampling_from_args(args: argparse.Namespace) -> Sampling:
-    return Sampling(args.temp, args.temp_text, args.top_k, args.top_k_text, args.seed)
+# lm_gen_config keys (moshi's LMGen arguments) -> Sampling fields.
+GEN_KEYS = {"temp": "temp", "temp_text": "temp_text", "top_k": "top_k", "top_k_text": "top_k_text"}
+CFG_REFUSAL = ("--cfg-coef {coef:g}: this model has no conditioning for classifier-free guidance (moshi applies it "
+               "only to conditioned models such as Hibiki); leave --cfg-coef at 1.0")
+
+
+def sampling_from_args(args: argparse.Namespace, gen_config: dict | None = None, source: str = "config.json") -> Sampling:
+    """The sampling settings: explicit options first, then the model's ``lm_gen_config`` (moshi's ``LMGen``
+    arguments: ``temp``, ``temp_text``, ``top_k``, ``top_k_text``, ``use_sampling``; false means greedy), then
+    :class:`Sampling`'s defaults. ``ValueError`` naming the key for a value of the wrong type."""
+    values: dict[str, Any] = {}
+    gen_config = dict(gen_config or {})
+    greedy = gen_config.pop("use_sampling", True) is False
+    for key, value in gen_config.items():
+        if key in GEN_KEYS:
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ValueError(f"{source}: lm_gen_config.{key} must be a number, got {value!r}")
+            values[GEN_KEYS[key]] = int(value) if key.startswith("top_k") else float(value)
+        elif key == "cfg_coef":
+            if value != 1.0:
+                raise ValueError(f"{source}: lm_gen_config.cfg_coef={value}, but this model has no conditioning for "
+                                 "classifier-free guidance; set it to 1.0 in that file")
+        else:
+            import warnings
+
+            warnings.warn(f"{source}: lm_gen_config.{key} is not a sampling setting fullduplex knows; ignored",
+                          stacklevel=2)
+    if greedy:
+        values.update(temp=0.0, temp_text=0.0)
+    for name in GEN_KEYS.values():
+        if getattr(args, name, None) is not None:
+            values[name] = getattr(args, name)
+    coef = getattr(args, "cfg_coef", 1.0)
+    if coef != 1.0:
+        raise ValueError(CFG_REFUSAL.format(coef=coef))
+    return Sampling(**values, seed=args.seed)
+
+
+def model_config_json(args: argparse.Namespace) -> tuple[dict | None, str]:
+    """(the model's moshi-style ``config.json`` as a dict, or None; where it came from): ``--config`` when it is a
+    JSON file, else the one in a ``--moshi-weight`` folder (none for a weights file, as :func:`resolve_lm`), else
+    the ``--hf-repo``'s (from the cache or the hub, as the weights)."""
+    import json
+
+    from ..checkpoint.resolve import repo_config
+    from ..errors import CheckpointError
+
+    def read(path: Path) -> dict:
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"could not read {path}: {e}") from None
+        if not isinstance(raw, dict):
+            raise CheckpointError(f"{path}: not a moshi config.json (expected a JSON object)")
+        return raw
+
+    if args.config is not None and args.config not in LM_PRESETS:
+        return read(Path(args.config)), str(args.config)
+    if args.moshi_weight is not None and not str(args.moshi_weight).startswith("hf://"):
+        folder = Path(str(args.moshi_weight).removeprefix("file://")).expanduser()
+        config = folder / "config.json"
+        return (read(config), str(config)) if folder.is_dir() and config.is_file() else (None, "")
+    repo = args.hf_repo or DEFAULT_REPO
+    if args.moshi_weight is not None:  # hf://OWNER/REPO[/FILE]
+        repo = "/".join(str(args.moshi_weight)[len("hf://"):].strip("/").split("/")[:2])
+    return repo_config(repo)[0], f"{repo}/config.json"
+
+
+def mimi_config_of(raw: dict | None, source: str, hf_repo: str | None):
+    """The codec architecture a ``config.json`` names (``mimi_config`` dict, or ``mimi_config_name``: a local path,
+    ``file://`` or ``hf://`` reference, or a file of ``hf_repo``), as moshi reads it; None when it names none."""
+    import json
+
+    from ..checkpoint.resolve import hf_download, resolve_file
+    from ..codec.config import MimiConfig
+    from ..errors import CheckpointError
+
+    if not raw:
+        return None
+    if isinstance(raw.get("mimi_config"), dict):
+        data, where = raw["mimi_config"], f"{source} (mimi_config)"
+    elif raw.get("mimi_config_name"):
+        name = str(raw["mimi_config_name"])
+        local = name.startswith(("file://", "hf://", "/")) or Path(name).is_file()
+        path = resolve_file(name, name) if local else hf_download(hf_repo or DEFAULT_REPO, name)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{source}: mimi_config_name {name}: not a readable JSON file ({e})") from None
+        where = str(path)
+    else:
+        return None
+    try:
+        return MimiConfig.from_moshi_dict(data)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{where}: not a moshi mimi_config dict ({type(e).__name__}: {e})") from None
 
 
 MODEL_OPTIONS = ("hf_repo", "moshi_weight", "mimi_weight", "tokenizer", "config", "lora_weight", "mimi_config")
@@ -99,7 +205,6 @@ def load_models(args: argparse.Namespace) -> Models:
     """Tokenizer, LM and Mimi from the options of :func:`add_model_arguments`, checked against each other. With
     no model option at all, the bundled demo model (and a note on stderr saying so and how to load a released
     one)."""
-    sampling = sampling_from_args(args)
     device = resolve_device(args.device)
     if wants_demo(args):
         import sys
@@ -108,20 +213,28 @@ def load_models(args: argparse.Namespace) -> Models:
 
         print(NOTICE, file=sys.stderr, flush=True)
         files = demo_files()
+        raw, source = model_config_json(argparse.Namespace(config=str(files["config"]), moshi_weight=None, hf_repo=None))
+        sampling = sampling_from_args(args, (raw or {}).get("lm_gen_config"), source)
         mimi, lm, tokenizer = load_demo(device, DTYPES.get(args.dtype or ""), quantize=getattr(args, "quantize", None))
         check_models(mimi, lm, tokenizer, str(files["lm"]))
         return Models(mimi, lm, tokenizer, files["lm"], files["mimi"], sampling)
+    raw, source = model_config_json(args)
+    sampling = sampling_from_args(args, (raw or {}).get("lm_gen_config"), source)
     tokenizer = TextTokenizer.load(args.tokenizer, hf_repo=args.hf_repo)
     lm_path, repo_config = resolve_lm(args.moshi_weight, args.hf_repo)
     lora = (Path(args.lora_weight), 2.0) if args.lora_weight else resolve_lora(args.moshi_weight, args.hf_repo)
+    scaling = args.lora_scaling
+    if scaling is None and args.lora_weight and raw is not None and "lora_scaling" in raw:
+        scaling = float(raw["lora_scaling"])  # as moshi: the adapter's scaling comes from the model's config.json
     lm = load_lm(
         lm_path, config=args.config or repo_config, device=device, dtype=DTYPES.get(args.dtype or ""),
         lora_weight=lora[0] if lora else None,
-        lora_scaling=args.lora_scaling if args.lora_scaling is not None else (lora[1] if lora else None),
+        lora_scaling=scaling if scaling is not None else (lora[1] if lora else None),
         quantize=getattr(args, "quantize", None),
     )
     mimi_path = resolve_mimi(args.mimi_weight, args.hf_repo)
-    mimi = load_mimi(mimi_path, device=device, num_codebooks=None, config=mimi_config_from_arg(args.mimi_config))
+    mimi_config = mimi_config_from_arg(args.mimi_config) or mimi_config_of(raw, source, args.hf_repo)
+    mimi = load_mimi(mimi_path, device=device, num_codebooks=None, config=mimi_config)
     check_models(mimi, lm, tokenizer, str(lm_path))
     return Models(mimi, lm, tokenizer, lm_path, mimi_path, sampling)
 

@@ -56,6 +56,9 @@ def register(subparsers: Any) -> None:
     net.add_argument("--port", type=int, default=8998, help="port (default: 8998)")
     net.add_argument("--ssl", metavar="DIR", help="serve wss:// with DIR/key.pem and DIR/cert.pem")
     net.add_argument("--auth-token", metavar="TOKEN", help="refuse clients that do not present this token")
+    net.add_argument("--static", metavar="DIR", default="",
+                     help="the web page at /: a folder with an index.html to serve instead of fullduplex's own, or "
+                     "'none' for no page (the API only), as moshi.server's --static (default: fullduplex's page)")
     limits = parser.add_argument_group("limits")
     limits.add_argument("--max-sessions", type=positive_int, default=8, metavar="N",
                         help="conversations served at once, one batch slot each (default: 8); per device with --devices")
@@ -129,6 +132,8 @@ def serve_command(args: argparse.Namespace) -> int:
     if args.persona_cache_mb < 0:
         raise FullduplexError("--persona-cache-mb must be >= 0")
     devices = parse_devices(args.devices, args.device)
+    if args.static and args.static != "none" and not (Path(args.static) / "index.html").is_file():
+        raise FullduplexError(f"--static {args.static}: no index.html there; give a folder holding one, or 'none'")
     context = ssl_context(args.ssl)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # A load balancer asks for /api/health every second or so: keep those requests out of the access log.
@@ -148,7 +153,7 @@ def serve_command(args: argparse.Namespace) -> int:
     )).result()
     config = ServerConfig(
         host=args.host, port=args.port, auth_token=args.auth_token, idle_timeout=args.idle_timeout,
-        max_session_seconds=args.max_session_seconds,
+        max_session_seconds=args.max_session_seconds, static=args.static,
     )
     server = Server(EnginePool(lanes), models.tokenizer, config, personas=personas)
     scheme = "wss" if context else "ws"

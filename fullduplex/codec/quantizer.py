@@ -158,10 +158,10 @@ class ResidualVQ(nn.Module):
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, n, T] → latent [B, C, T]."""
-        B, n, T = codes.shape
-        offsets = torch.arange(n, device=codes.device).view(1, n, 1) * self.bins
-        flat = self.codebooks[:n].reshape(n * self.bins, -1)
-        z = F.embedding(codes + offsets, flat).sum(1)  # [B, T, dim]
+        # Summed one codebook after the other, as the reference does: the same float rounding, bit for bit.
+        z = F.embedding(codes[:, 0], self.codebooks[0])  # [B, T, dim]
+        for k in range(1, codes.shape[1]):
+            z = z + F.embedding(codes[:, k], self.codebooks[k])
         return self.output_proj(z.transpose(1, 2))
 
 

@@ -51,6 +51,9 @@ class ServerConfig:
     idle_timeout: float = 30.0  # seconds without a message from the client end its session
     max_session_seconds: float = 600.0  # a conversation longer than this is ended (the LM's context is 240 s)
     frame_seconds: float = 0.08
+    # The web page: "" serves fullduplex's own (fullduplex/server/static); "none" serves no page (moshi's
+    # `--static none`); a folder serves its index.html at / and its files below / (moshi's `--static DIR`).
+    static: str = ""
 
 
 def new_model_thread() -> ThreadPoolExecutor:
@@ -91,12 +94,16 @@ class Server:
     # --- app ----------------------------------------------------------------------------------------------
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.max_message_bytes)
-        app.router.add_get("/", self.index)
-        app.router.add_static("/static", STATIC, follow_symlinks=False)
+        if not self.config.static:
+            app.router.add_get("/", self.index)
+            app.router.add_static("/static", STATIC, follow_symlinks=False)
         app.router.add_get("/api/chat", self.chat)
         app.router.add_get("/api/voices", self.voices)
         app.router.add_get("/api/health", self.health)
         app.router.add_get("/api/metrics", self.metrics)
+        if self.config.static and self.config.static != "none":  # after /api/*: the folder's files come last
+            app.router.add_get("/", self.static_index)
+            app.router.add_static("/", Path(self.config.static), follow_symlinks=False)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
         return app
@@ -177,6 +184,9 @@ class Server:
 
     async def index(self, request: web.Request) -> web.StreamResponse:
         return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    async def static_index(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(Path(self.config.static) / "index.html", headers={"Cache-Control": "no-cache"})
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         if not self._authorized(request):
