@@ -59,8 +59,9 @@ def register(subparsers: Any) -> None:
                      help="refuse clients of /api/chat, /api/voices and /api/metrics that do not present this token "
                           "(/api/health stays open)")
     net.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
-                     help="a web page origin (https://host[:port]) allowed to open /api/chat; repeatable; '*' for any "
-                          "(default: pages served by this server's own host; clients without Origin always pass)")
+                     help="a web page origin (https://host[:port]) allowed to open /api/chat besides pages of this server's "
+                          "own host; repeatable; '*' for any (clients that send no Origin, as non-browsers, always "
+                          "pass)")
     limits = parser.add_argument_group("limits")
     limits.add_argument("--max-sessions", type=positive_int, default=8, metavar="N",
                         help="conversations served at once, one batch slot each (default: 8)")

@@ -54,7 +54,7 @@ class ServerConfig:
     port: int = 8998
     # When set, /api/chat, /api/voices and /api/metrics need it ("Authorization: Bearer T" or ?auth_token=T).
     auth_token: str | None = None
-    # Origins (scheme://host[:port]) whose web pages may open /api/chat; () = the server's own host only; "*" = any.
+    # Origins (scheme://host[:port]) whose web pages may open /api/chat besides the server's own host; "*" = any.
     # Requests without an Origin header (non-browser clients) are always allowed.
     allow_origins: tuple[str, ...] = ()
     max_message_bytes: int = 1 << 16  # one client message; Opus pages are a few hundred bytes
@@ -86,6 +86,22 @@ class RedactingAccessLogger(AccessLogger):
             query["auth_token"] = "***"
             request = request.clone(rel_url=request.rel_url.with_query(query))
         super().log(request, response, time)
+
+
+class OneLineHttpErrors(logging.Filter):
+    """On aiohttp's ``aiohttp.server`` logger: a request aiohttp could not parse (a URL over its line limit, garbage
+    instead of HTTP) or a connection reset becomes one line without a traceback: a client must not be able to flood
+    the log with them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, (HttpProcessingError, ConnectionError)):
+            record.msg, record.args = f"{record.getMessage()}: {type(error).__name__}: {error}".strip(), ()
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
 
 
 class _Pace:
@@ -151,6 +167,8 @@ class Server:
         # the event loop (busy with Opus and sockets for every session) each time. At the default 5 ms switch
         # interval that wait inflated a 30 ms step of 32 real-time sessions (7B bf16) to 82 ms on an H200; at 0.5 ms
         # it took 34-54 ms (benchmarks/server_load.py --switch-interval).
+        self._log_filter = OneLineHttpErrors()
+        logging.getLogger("aiohttp.server").addFilter(self._log_filter)
         self._switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(min(self._switch_interval, SWITCH_INTERVAL))
         self.engine.start()
@@ -169,6 +187,7 @@ class Server:
         self._executor.shutdown(wait=True)
         self.engine.stop()
         sys.setswitchinterval(self._switch_interval)
+        logging.getLogger("aiohttp.server").removeFilter(self._log_filter)
 
     # --- stepping -----------------------------------------------------------------------------------------
     def _started(self) -> list[Session]:
@@ -234,10 +253,10 @@ class Server:
         if "*" in allowed:
             return True
         origin = origin.strip().rstrip("/").lower()
-        if allowed:
-            return origin in {o.strip().rstrip("/").lower() for o in allowed}
         host = request.headers.get("Host", "").strip().lower()
-        return bool(host) and origin.partition("://")[2] == host
+        if host and origin.partition("://")[2] == host:  # this server's own web page
+            return True
+        return origin in {o.strip().rstrip("/").lower() for o in allowed}
 
     async def index(self, request: web.Request) -> web.StreamResponse:
         return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
@@ -253,6 +272,9 @@ class Server:
             await self._chat(request, ws)
         except ConnectionError as e:  # the client reset the connection while we wrote to it
             log.info("%s: the client went away (%s)", request.remote, type(e).__name__)
+        except asyncio.CancelledError:  # aiohttp cancels the handler of a connection that is lost
+            log.info("%s: the connection was lost", request.remote)
+            raise
         return ws
 
     async def _chat(self, request: web.Request, ws: web.WebSocketResponse) -> None:
@@ -311,14 +333,20 @@ class Server:
         if session.live:
             return False, None
         reader = asyncio.ensure_future(ws.receive())
-        while not session.live:
-            self._input.set()
-            waiter = asyncio.ensure_future(ready.wait())
-            await asyncio.wait({waiter} if reader.done() else {waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            ready.clear()
-            if reader.done() and (reader.cancelled() or reader.exception() or reader.result().type in _GONE):
-                return True, reader
+        try:
+            while not session.live:
+                self._input.set()
+                waiter = asyncio.ensure_future(ready.wait())
+                try:
+                    await asyncio.wait({waiter} if reader.done() else {waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+                ready.clear()
+                if reader.done() and (reader.cancelled() or reader.exception() or reader.result().type in _GONE):
+                    return True, reader
+        except BaseException:  # cancelled (aiohttp cancels the handler when the connection is lost)
+            reader.cancel()
+            raise
         return False, reader
 
     async def _receive(
