@@ -291,6 +291,10 @@ class Server:
             except PersonaError as e:
                 await self._fail(ws, peer, str(e))
                 return
+            except Exception:  # not expected: the traceback goes to the log, a message without details to the client
+                log.exception("%s: building the persona failed", peer)
+                await self._fail(ws, peer, "the server could not build this persona; see its log")
+                return
         try:
             session = self.engine.open(persona)
         except EngineFull as e:
