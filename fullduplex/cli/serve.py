@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import ssl
 from pathlib import Path
 from typing import Any
@@ -138,8 +139,9 @@ def serve_command(args: argparse.Namespace) -> int:
             max_pending_seconds=args.max_pending_seconds, max_messages_per_second=args.max_messages_per_second,
             max_bytes_per_second=args.max_bytes_per_second,
         )
-    except ValueError as e:  # names the field: --max-pending-seconds is ServerConfig.max_pending_seconds
-        raise FullduplexError(f"bad limit: {e}") from None
+    except ValueError as e:  # names the field; the option is its name with dashes
+        option = re.sub(r"ServerConfig\.(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), str(e))
+        raise FullduplexError(option) from None
     context = ssl_context(args.ssl)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     model_thread = new_model_thread()  # loads and steps the models: one torch thread team (see Server)
