@@ -155,7 +155,7 @@ def test_empty_page_flood_is_paced_and_oversized_messages_close_the_socket(model
                     closed = await ws.receive(timeout=30)
                     return took, error, ws.close_code if closed.type in (WSMsgType.CLOSE, WSMsgType.CLOSED) else None
 
-            (took, error, code), (sent, answered) = await asyncio.gather(flooder(), realtime_client(url, 12))
+            (took, error, code), (sent, answered) = await asyncio.gather(flooder(), realtime_client(url, 8))
             return took, error, code, sent, answered, server.fullduplex.paced
 
     took, error, code, sent, answered, paced = asyncio.run(main())
