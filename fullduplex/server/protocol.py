@@ -273,10 +273,8 @@ _FRAME_MS = (10, 20, 40, 60) * 3 + (10, 20) * 2 + (2.5, 5, 10, 20) * 4  # per TO
 
 
 def _packet_samples(packet: bytes, sample_rate: int) -> int:
-    """Samples an Opus packet decodes to, from its TOC byte: header packets count 0, a packet too short to say
-    counts as the most a packet may hold (120 ms)."""
-    if packet.startswith((b"OpusHead", b"OpusTags")):
-        return 0
+    """Samples an Opus audio packet decodes to, from its TOC byte; a packet too short to say counts as the most a
+    packet may hold (120 ms)."""
     most = sample_rate * 120 // 1000
     if not packet:
         return most
@@ -293,11 +291,9 @@ def _packet_samples(packet: bytes, sample_rate: int) -> int:
     return min(most, int(frames * _FRAME_MS[toc >> 3] * sample_rate) // 1000)
 
 
-def audio_samples(pages: list[bytes], sample_rate: int = SAMPLE_RATE) -> int:
-    """Samples the Opus packets in ``pages`` (from :func:`split_ogg_pages`) will decode to, read from the packets'
-    TOC bytes without decoding them. A few hundred bytes of Ogg can declare seconds of audio (packets of one byte,
-    each 40-120 ms of silence), so a receiver checks this before it decodes."""
-    total = 0
+def _packets(pages: list[bytes]) -> list[bytes]:
+    """The packets that start in ``pages`` (a packet going on into the next page: its first part)."""
+    packets = []
     for page in pages:
         lacing = page[27 : 27 + page[26]]
         offset, start, size = 27 + len(lacing), 0, 0
@@ -306,11 +302,19 @@ def audio_samples(pages: list[bytes], sample_rate: int = SAMPLE_RATE) -> int:
             size += value
             if value < 255:
                 if not first_continues:
-                    total += _packet_samples(page[offset + start : offset + start + size], sample_rate)
+                    packets.append(page[offset + start : offset + start + size])
                 first_continues, start, size = False, start + size, 0
-        if size and not first_continues:  # a packet that goes on in the next page
-            total += _packet_samples(page[offset + start : offset + start + size], sample_rate)
-    return total
+        if size and not first_continues:
+            packets.append(page[offset + start : offset + start + size])
+    return packets
+
+
+def audio_samples(pages: list[bytes], sample_rate: int = SAMPLE_RATE, headers: int = 0) -> int:
+    """Samples the Opus packets in ``pages`` (from :func:`split_ogg_pages`) will decode to, read from the packets'
+    TOC bytes without decoding them; the first ``headers`` packets are the stream's header packets (``OpusHead``,
+    ``OpusTags``: 2 at the start of a stream) and count nothing. A few hundred bytes of Ogg can declare seconds of
+    audio (packets of one byte, each 40-120 ms of silence), so a receiver checks this before it decodes."""
+    return sum(_packet_samples(p, sample_rate) for p in _packets(pages)[headers:])
 
 
 def _sphn_failure(what: str, e: BaseException) -> ProtocolError:
@@ -370,6 +374,7 @@ class OpusDecoder:
         import sphn
 
         self.sample_rate = sample_rate
+        self._packets = 0  # packets received so far: the first two are the stream's headers
         self._reader = sphn.OpusStreamReader(sample_rate)
 
     def decode(self, ogg: bytes, max_samples: int | None = None) -> np.ndarray:
@@ -377,8 +382,10 @@ class OpusDecoder:
         :class:`ProtocolError` before decoding anything when the packets declare more audio than that."""
         if ogg:
             pages = split_ogg_pages(ogg)
+            headers = max(0, 2 - self._packets)
+            self._packets += len(_packets(pages))
             if max_samples is not None:
-                declared = audio_samples(pages, self.sample_rate)
+                declared = audio_samples(pages, self.sample_rate, headers)
                 if declared > max_samples:
                     raise ProtocolError(
                         f"an audio message holds {declared / self.sample_rate:.2f} s of audio; this server takes at "
