@@ -4,9 +4,9 @@ resolved safely inside ``--voice-dir``.
 A ``voice_prompt`` is a plain file name in the voice folder (``NATF0.pt``, ``me.safetensors``, ``me.wav``): no
 folders, no ``..``, no absolute paths, nothing hidden, and it must resolve to a regular file inside the folder
 (a symlink out of it is refused). Anything else is refused before any file is opened. Voices are read once per
-file version (path, size, modification time) and kept. A role prompt longer than ``max_prompt_tokens`` is refused
-(each token is one 80 ms prompt frame that holds a slot before the conversation starts), and messages sent to
-clients never name server paths.
+file version (path, size, modification time) and kept. A client's role prompt longer than ``max_prompt_tokens`` is
+refused (each token is one 80 ms prompt frame that holds a slot before the conversation starts), and messages sent
+to clients never name server paths.
 """
 
 from __future__ import annotations
@@ -88,6 +88,11 @@ class PersonaLibrary:
         """The persona of a session: ``text`` and ``voice`` from its query (None: the server's defaults). None when
         there is neither a prompt nor a persona-trained model. Runs Mimi for audio voices: call on the model
         thread."""
+        # A client's prompt is capped (the server's own --text-prompt is not), checked before any voice is loaded.
+        limit, from_client = self.max_prompt_tokens, text is not None
+        if from_client and limit is not None and len(text) > 16 * limit:  # refused before tokenizing megabytes
+            raise PersonaError(f"text_prompt is {len(text)} characters; this server takes at most {limit} tokens "
+                               f"(about {4 * limit} characters)")
         text = self.default_text if text is None else text
         voice = self.default_voice if voice is None else voice
         voice = voice or None
@@ -118,12 +123,8 @@ class PersonaLibrary:
                     raise PersonaError(f"voice_prompt {voice!r}: {detail}") from None
                 with self._lock:
                     self._voices[key] = loaded
-        limit = self.max_prompt_tokens
-        if limit is not None and text and len(text) > 16 * limit:  # refused before tokenizing megabytes
-            raise PersonaError(f"text_prompt is {len(text)} characters; this server takes at most {limit} tokens "
-                               f"(about {4 * limit} characters)")
         tokens = role_tokens(self.tokenizer, text)
-        if limit is not None and len(tokens) > limit:
+        if from_client and limit is not None and len(tokens) > limit:
             raise PersonaError(f"text_prompt is {len(tokens)} tokens; this server takes at most {limit} "
                                f"(--max-prompt-tokens)")
         schedule = build_schedule(self.config, loaded, tokens, self.filler)
