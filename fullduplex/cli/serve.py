@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import ssl
 from pathlib import Path
 from typing import Any
@@ -44,8 +45,14 @@ sends new conversations elsewhere (a tested HAProxy config: examples/deploy/hapr
 """
 
 
+MAX_PROMPT_TOKENS = 256  # about 20 s of prompt frames at real time
+
+
 def register(subparsers: Any) -> None:
     """Add ``serve``."""
+    from ..server.app import ServerConfig
+
+    defaults = ServerConfig()
     parser = subparsers.add_parser(
         "serve", help="the real-time server: many conversations at once over the Moshi WebSocket protocol",
         description="Serve the model to many clients at once: one batched model step per 80 ms frame.",
@@ -55,7 +62,13 @@ def register(subparsers: Any) -> None:
     net.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     net.add_argument("--port", type=int, default=8998, help="port (default: 8998)")
     net.add_argument("--ssl", metavar="DIR", help="serve wss:// with DIR/key.pem and DIR/cert.pem")
-    net.add_argument("--auth-token", metavar="TOKEN", help="refuse clients that do not present this token")
+    net.add_argument("--auth-token", metavar="TOKEN",
+                     help="refuse clients of /api/chat, /api/voices and /api/metrics that do not present this token "
+                          "(/api/health stays open)")
+    net.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                     help="a web page origin (https://host[:port]) allowed to open /api/chat besides pages of this server's "
+                          "own host; repeatable; '*' for any (clients that send no Origin, as non-browsers, always "
+                          "pass)")
     net.add_argument("--static", metavar="DIR", default="",
                      help="the web page at /: a folder with an index.html to serve instead of fullduplex's own, or "
                      "'none' for no page (the API only), as moshi.server's --static (default: fullduplex's page)")
@@ -69,10 +82,28 @@ def register(subparsers: Any) -> None:
                         help="end a session after S seconds without a message from its client (default: 30)")
     limits.add_argument("--max-session-seconds", type=float, default=600.0, metavar="S",
                         help="end a conversation after S seconds (default: 600)")
+    limits.add_argument("--max-message-bytes", type=positive_int, default=defaults.max_message_bytes, metavar="B",
+                        help=f"largest client message; a bigger one ends its session (close 1009) "
+                             f"(default: {defaults.max_message_bytes})")
+    limits.add_argument("--max-message-seconds", type=float, default=defaults.max_message_seconds, metavar="S",
+                        help=f"audio one message may hold, checked before decoding; more ends the session with an "
+                             f"error (default: {defaults.max_message_seconds})")
+    limits.add_argument("--max-pending-seconds", type=float, default=defaults.max_pending_seconds, metavar="S",
+                        help=f"received audio a session may have waiting for the model; beyond it its socket is not "
+                             f"read until the model catches up (default: {defaults.max_pending_seconds})")
+    limits.add_argument("--max-messages-per-second", type=float, default=defaults.max_messages_per_second,
+                        metavar="N", help=f"per session; a faster client is slowed down, not dropped "
+                                          f"(default: {defaults.max_messages_per_second:.0f})")
+    limits.add_argument("--max-bytes-per-second", type=float, default=defaults.max_bytes_per_second, metavar="B",
+                        help=f"per session; a faster client is slowed down, not dropped "
+                             f"(default: {defaults.max_bytes_per_second:.0f})")
     personas = parser.add_argument_group("personas (PersonaPlex)")
     personas.add_argument("--voice-dir", metavar="DIR", help="folder of voice prompts clients may pick (voice_prompt=NAME)")
     personas.add_argument("--voice", metavar="NAME", help="default voice: a file name in --voice-dir")
     personas.add_argument("--text-prompt", metavar="TEXT", help="default role prompt (default: none)")
+    personas.add_argument("--max-prompt-tokens", type=positive_int, default=MAX_PROMPT_TOKENS, metavar="N",
+                          help="longest text_prompt a client may send, in tokens: each holds a slot for one 80 ms "
+                               f"prompt frame before the conversation starts (default: {MAX_PROMPT_TOKENS})")
     personas.add_argument("--persona-cache-mb", type=float, default=1024.0, metavar="MB",
                           help="memory for cached persona states, least recently used dropped first (default: 1024; "
                                "per device with --devices)")
@@ -119,7 +150,7 @@ def serve_command(args: argparse.Namespace) -> int:
     from ..inference.engine import Engine
     from ..inference.persona import PersonaCache
     from ..inference.voice import filler_codes
-    from ..server.app import Server, ServerConfig, new_model_thread
+    from ..server.app import RedactingAccessLogger, Server, ServerConfig, new_model_thread
     from ..server.personas import PersonaLibrary
     from ..server.pool import EnginePool, Lane
 
@@ -134,6 +165,17 @@ def serve_command(args: argparse.Namespace) -> int:
     devices = parse_devices(args.devices, args.device)
     if args.static and args.static != "none" and not (Path(args.static) / "index.html").is_file():
         raise FullduplexError(f"--static {args.static}: no index.html there; give a folder holding one, or 'none'")
+    try:
+        config = ServerConfig(
+            host=args.host, port=args.port, auth_token=args.auth_token, allow_origins=tuple(args.allow_origin),
+            idle_timeout=args.idle_timeout, max_session_seconds=args.max_session_seconds,
+            max_message_bytes=args.max_message_bytes, max_message_seconds=args.max_message_seconds,
+            max_pending_seconds=args.max_pending_seconds, max_messages_per_second=args.max_messages_per_second,
+            max_bytes_per_second=args.max_bytes_per_second, static=args.static,
+        )
+    except ValueError as e:  # names the field; the option is its name with dashes
+        option = re.sub(r"ServerConfig\.(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), str(e))
+        raise FullduplexError(option) from None
     context = ssl_context(args.ssl)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # A load balancer asks for /api/health every second or so: keep those requests out of the access log.
@@ -149,16 +191,13 @@ def serve_command(args: argparse.Namespace) -> int:
     models = loaded[0]  # prepares personas (on the first device) and gives the tokenizer
     personas = lanes[0].thread.submit(lambda: PersonaLibrary(
         models.mimi, models.lm.config, models.tokenizer, filler_codes(models.mimi), args.voice_dir, args.voice,
-        args.text_prompt,
+        args.text_prompt, max_prompt_tokens=args.max_prompt_tokens,
     )).result()
-    config = ServerConfig(
-        host=args.host, port=args.port, auth_token=args.auth_token, idle_timeout=args.idle_timeout,
-        max_session_seconds=args.max_session_seconds, static=args.static,
-    )
     server = Server(EnginePool(lanes), models.tokenizer, config, personas=personas)
     scheme = "wss" if context else "ws"
     where = f" ({args.max_sessions} on each of {', '.join(lane.device for lane in lanes)})" if len(lanes) > 1 else ""
     print(f"serving {models.lm_path.name} to up to {args.max_sessions * len(lanes)} conversations{where} at "
           f"{scheme}://{args.host}:{args.port}/api/chat (health: /api/health, metrics: /api/metrics)", flush=True)
-    web.run_app(server.app(), host=args.host, port=args.port, ssl_context=context, print=None)
+    web.run_app(server.app(), host=args.host, port=args.port, ssl_context=context, print=None,
+                access_log_class=RedactingAccessLogger)
     return 0

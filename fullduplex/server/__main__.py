@@ -72,16 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def serve_arguments(args: argparse.Namespace) -> argparse.Namespace:
-    """The options of ``fullduplex serve`` for moshi's flags (its own options at their defaults)."""
-    return argparse.Namespace(
-        host=args.host, port=args.port, ssl=args.ssl, auth_token=None, static=args.static or "",
-        max_sessions=8, idle_timeout=30.0, max_session_seconds=600.0,
-        voice_dir=None, voice=None, text_prompt=None, persona_cache_mb=1024.0,
-        hf_repo=args.hf_repo, moshi_weight=args.moshi_weight, mimi_weight=args.mimi_weight, tokenizer=args.tokenizer,
-        config=args.config_path, lora_weight=args.lora_weight, lora_scaling=None, mimi_config=None,
-        fuse_lora=args.fuse_lora, temp=None, temp_text=None, top_k=None, top_k_text=None, seed=SEED,
-        cfg_coef=args.cfg_coef, device=args.device, dtype=args.dtype, quantize=None,
-    )
+    """The options of ``fullduplex serve`` for moshi's flags: every other option of ``serve`` at its default (read
+    from its own parser, so options added there later need nothing here)."""
+    from ..cli.main import build_parser as fullduplex_parser
+
+    defaults = fullduplex_parser().parse_args(["serve"])
+    return argparse.Namespace(**{
+        **vars(defaults),
+        "host": args.host, "port": args.port, "ssl": args.ssl, "static": args.static or "",
+        "hf_repo": args.hf_repo, "moshi_weight": args.moshi_weight, "mimi_weight": args.mimi_weight,
+        "tokenizer": args.tokenizer, "config": args.config_path, "lora_weight": args.lora_weight,
+        "fuse_lora": args.fuse_lora, "seed": SEED, "cfg_coef": args.cfg_coef, "device": args.device,
+        "dtype": args.dtype,
+    })
 
 
 def check(args: argparse.Namespace) -> None:

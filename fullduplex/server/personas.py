@@ -4,7 +4,9 @@ resolved safely inside ``--voice-dir``.
 A ``voice_prompt`` is a plain file name in the voice folder (``NATF0.pt``, ``me.safetensors``, ``me.wav``): no
 folders, no ``..``, no absolute paths, nothing hidden, and it must resolve to a regular file inside the folder
 (a symlink out of it is refused). Anything else is refused before any file is opened. Voices are read once per
-file version (path, size, modification time) and kept.
+file version (path, size, modification time) and kept. A client's role prompt longer than ``max_prompt_tokens`` is
+refused (each token is one 80 ms prompt frame that holds a slot before the conversation starts), and messages sent
+to clients never name server paths.
 """
 
 from __future__ import annotations
@@ -39,8 +41,10 @@ class PersonaLibrary:
     def __init__(
         self, mimi: Mimi, config: LMConfig, tokenizer: TextTokenizer, filler: FillerCodes,
         voice_dir: str | Path | None = None, default_voice: str | None = None, default_text: str | None = None,
+        max_prompt_tokens: int | None = None,
     ) -> None:
         self.mimi, self.config, self.tokenizer, self.filler = mimi, config, tokenizer, filler
+        self.max_prompt_tokens = max_prompt_tokens
         self.voice_dir = Path(voice_dir).resolve() if voice_dir is not None else None
         if self.voice_dir is not None and not self.voice_dir.is_dir():
             raise FullduplexError(f"--voice-dir {voice_dir}: no such folder")
@@ -62,14 +66,21 @@ class PersonaLibrary:
         """The file of voice ``name`` inside the voice folder; :class:`PersonaError` for anything else."""
         if self.voice_dir is None:
             raise PersonaError("this server has no voice folder (--voice-dir); connect without voice_prompt")
+        if len(name.encode("utf-8", "surrogatepass")) > 255:  # longer than any file name (ENAMETOOLONG)
+            raise PersonaError(f"voice_prompt of {len(name)} characters is too long for a file name (see /api/voices)")
         bad = (not name or "/" in name or "\\" in name or "\0" in name or name.startswith(".") or ":" in name
                or Path(name).is_absolute() or name in (".", ".."))
         if bad:
             raise PersonaError(f"voice_prompt {name!r} must be a file name inside the voice folder (see /api/voices)")
         if Path(name).suffix.lower() not in VOICE_SUFFIXES:
             raise PersonaError(f"voice_prompt {name!r}: unknown kind; expected one of {', '.join(VOICE_SUFFIXES)}")
-        path = (self.voice_dir / name).resolve()
-        if path.parent != self.voice_dir or not path.is_file():
+        try:
+            path = (self.voice_dir / name).resolve()
+            found = path.parent == self.voice_dir and path.is_file()
+        except OSError as e:  # a symlink loop, a name the file system refuses, ...
+            log.info("voice_prompt %r: %s", name, e)
+            found = False
+        if not found:
             raise PersonaError(f"voice_prompt {name!r}: no such voice (see /api/voices)")
         return path
 
@@ -77,6 +88,11 @@ class PersonaLibrary:
         """The persona of a session: ``text`` and ``voice`` from its query (None: the server's defaults). None when
         there is neither a prompt nor a persona-trained model. Runs Mimi for audio voices: call on the model
         thread."""
+        # A client's prompt is capped (the server's own --text-prompt is not), checked before any voice is loaded.
+        limit, from_client = self.max_prompt_tokens, text is not None
+        if from_client and limit is not None and len(text) > 16 * limit:  # refused before tokenizing megabytes
+            raise PersonaError(f"text_prompt is {len(text)} characters; this server takes at most {limit} tokens "
+                               f"(about {4 * limit} characters)")
         text = self.default_text if text is None else text
         voice = self.default_voice if voice is None else voice
         voice = voice or None
@@ -90,7 +106,11 @@ class PersonaLibrary:
         loaded, key = None, ("none",)
         if voice is not None:
             path = self.voice_path(voice)
-            stat = path.stat()
+            try:
+                stat = path.stat()
+            except OSError as e:
+                log.info("voice_prompt %r: %s", voice, e)
+                raise PersonaError(f"voice_prompt {voice!r}: no such voice (see /api/voices)") from None
             key = (str(path), stat.st_size, stat.st_mtime_ns)
             with self._lock:
                 loaded = self._voices.get(key)
@@ -98,9 +118,14 @@ class PersonaLibrary:
                 try:
                     loaded = load_voice(path, self.mimi, self.config)
                 except (FullduplexError, OSError, ValueError) as e:
-                    raise PersonaError(f"voice_prompt {voice!r}: {e}") from None
+                    log.info("voice_prompt %r: %s", voice, e)  # the full message, paths included, stays here
+                    detail = str(e).replace(str(path), voice).replace(str(self.voice_dir), "<voice folder>")
+                    raise PersonaError(f"voice_prompt {voice!r}: {detail}") from None
                 with self._lock:
                     self._voices[key] = loaded
         tokens = role_tokens(self.tokenizer, text)
+        if from_client and limit is not None and len(tokens) > limit:
+            raise PersonaError(f"text_prompt is {len(tokens)} tokens; this server takes at most {limit} "
+                               f"(--max-prompt-tokens)")
         schedule = build_schedule(self.config, loaded, tokens, self.filler)
         return Persona.from_schedule((key, tuple(tokens)), schedule, self.config)

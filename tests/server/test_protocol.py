@@ -175,3 +175,42 @@ def test_undecodable_opus_packet_in_a_valid_page_raises():
     page[22:26] = struct.pack("<I", protocol._ogg_crc(bytes(page)))
     with pytest.raises(ProtocolError, match="could not decode"):
         OpusDecoder().decode(head + tags + bytes(page))
+
+
+def test_ogg_crc_through_zlib_equals_the_bitwise_crc():
+    """protocol's CRC (zlib on bit-reversed bytes) gives the values of the plain table CRC, on random data."""
+    from tests.server.ogg_craft import reference_crc
+
+    rng = np.random.default_rng(0)
+    for size in [0, 1, 2, 3, 27, 255, 4096, *rng.integers(1, 3000, 40)]:
+        data = rng.integers(0, 256, int(size), dtype=np.uint8).tobytes()
+        assert protocol._ogg_crc(data) == reference_crc(data)
+    assert protocol._ogg_crc(b"\xff" * 64) == reference_crc(b"\xff" * 64)
+
+
+def test_declared_audio_matches_decoded_audio_and_bombs_are_refused_before_decoding():
+    """``audio_samples`` reads the packets' durations exactly for a real stream; a 227-byte page declaring 4 s is
+    refused under ``max_samples`` without being decoded, and decodes to exactly its 4 s without a bound."""
+    from tests.server.ogg_craft import bomb
+    from tests.server.ogg_craft import page as ogg_craft_page
+
+    rng = np.random.default_rng(1)
+    pcm = (0.1 * rng.standard_normal(24000 * 2)).astype(np.float32)
+    encoder, decoder = OpusEncoder(), OpusDecoder()
+    serial, headers = None, 2
+    for i in range(0, len(pcm), 1000):
+        ogg = encoder.encode(pcm[i : i + 1000])
+        if ogg:
+            serial = struct.unpack_from("<I", ogg, 14)[0]
+            declared = protocol.audio_samples(protocol.split_ogg_pages(ogg), headers=headers)
+            assert len(decoder.decode(ogg, max_samples=declared)) == declared
+            headers = 0
+    page = bomb(serial, 1000)
+    assert len(page) == 227 and protocol.audio_samples([page]) == 4 * 24000
+    with pytest.raises(ProtocolError, match="holds 4.00 s of audio"):
+        decoder.decode(page, max_samples=2 * 24000)
+    assert len(decoder.decode(page)) == 4 * 24000  # the refusal left the stream intact
+    # Packets that merely look like stream headers count as audio once the stream's two headers have passed.
+    disguised = ogg_craft_page([b"OpusHead" + bytes(11)] * 40, serial, 1001)
+    with pytest.raises(ProtocolError, match="holds 4.80 s"):
+        decoder.decode(disguised, max_samples=2 * 24000)

@@ -149,11 +149,13 @@ def test_auth_token_and_metrics(models):
                 ok = await converse(url, speech(0.8)[0], headers={"Authorization": "Bearer s3cret"})
                 ok_query = await converse(url, speech(0.8)[0], params={"auth_token": "s3cret"})
                 async with client.get(server.make_url("/api/metrics")) as response:
+                    closed = response.status  # with auth on, metrics need the token too
+                async with client.get(server.make_url("/api/metrics"), headers={"Authorization": "bearer s3cret"}) as response:
                     metrics = await response.text()
-            return status, ok, ok_query, metrics
+            return status, ok, ok_query, metrics, closed
 
-    status, ok, ok_query, metrics = asyncio.run(main())
-    assert status == 401
+    status, ok, ok_query, metrics, closed = asyncio.run(main())
+    assert status == 401 and closed == 401
     assert ok["handshake"] and ok_query["handshake"]
     assert "fullduplex_steps_total" in metrics and 'fullduplex_step_seconds{quantile="0.99"}' in metrics
 

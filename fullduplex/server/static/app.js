@@ -253,7 +253,11 @@
   });
 
   // The persona box: shown when the server lists voices or its model was trained with persona prompts.
-  fetch("api/voices").then((r) => (r.ok ? r.json() : null)).then((info) => {
+  // With --auth-token the list needs the token too (the page's own ?auth_token=, as for the chat).
+  const voicesUrl = new URL("api/voices", window.location.href);
+  const pageToken = new URLSearchParams(window.location.search).get("auth_token");
+  if (pageToken) voicesUrl.searchParams.set("auth_token", pageToken);
+  fetch(voicesUrl).then((r) => (r.ok ? r.json() : null)).then((info) => {
     if (!info || (!info.voices.length && !info.persona_trained)) return;
     for (const name of info.voices) {
       const option = document.createElement("option");
