@@ -26,7 +26,10 @@ examples:
   fullduplex export runs/lora --output models/lora --keep-lora       # base + lora.safetensors
   fullduplex export runs/hindi --output models/hindi-mlx --format mlx-q8 --mimi-weight mimi.safetensors
   fullduplex export --lora-weight lora.safetensors --hf-repo kyutai/moshiko-pytorch-bf16 --output models/ft
+  fullduplex export runs/hindi --output models/hindi --checkpoint last --overwrite   # replace an earlier export
 
+DIR must be new or empty. A folder holding a previous export (its config.json names every file in it) is
+replaced only with --overwrite; any other folder, or one holding the run itself, is refused and left untouched.
 The folder holds model.safetensors (released key format), config.json and the tokenizer: pass it to
 `fullduplex serve --moshi-weight DIR`, `fd.load_lm(DIR)`, or moshi's `--moshi-weight DIR/model.safetensors
 --config-path DIR/config.json`.
@@ -51,7 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     e.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="run.output folder of `fullduplex train`")
-    e.add_argument("--output", required=True, metavar="DIR", help="folder to write (replaced atomically)")
+    e.add_argument("--output", required=True, metavar="DIR",
+                   help="folder to write: new or empty (built beside it, then renamed into place)")
+    e.add_argument("--overwrite", action="store_true",
+                   help="replace DIR when it holds a previous export (and nothing else); never the run's own folder")
     e.add_argument("--checkpoint", default="best", metavar="best|last|STEP",
                    help="which checkpoint: lowest validation loss (default), the latest, or a step")
     e.add_argument("--keep-lora", action="store_true",
@@ -118,10 +124,11 @@ def run_export(args: argparse.Namespace) -> int:
         raise FullduplexError("export needs either RUN_DIR or --lora-weight FILE (not both)")
     if args.lora_weight is not None:
         out = export_lora_weight(args.lora_weight, args.output, args.moshi_weight, args.hf_repo, args.config,
-                                 args.tokenizer, args.lora_scaling, dtype, fmt=args.format, mimi=args.mimi_weight)
+                                 args.tokenizer, args.lora_scaling, dtype, fmt=args.format, mimi=args.mimi_weight,
+                                 overwrite=args.overwrite)
         print(f"wrote {out} (adapters of {args.lora_weight} folded in)")
         return 0
     out, step = export_run(args.run_dir, args.output, args.checkpoint, args.keep_lora, dtype, fmt=args.format,
-                           mimi=args.mimi_weight)
+                           mimi=args.mimi_weight, overwrite=args.overwrite)
     print(f"wrote {out} from step {step} of {args.run_dir}")
     return 0

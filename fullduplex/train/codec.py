@@ -375,6 +375,7 @@ def train_codec(cfg: CodecTrainConfig, stop_after: int | None = None, progress: 
         torch.set_num_threads(cfg.run.threads)
     device = torch.device(cfg.run.device if cfg.run.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     run_dir = Path(cfg.run.output)
+    ckpt.check_run_dir(run_dir)
     metrics_path = run_dir / METRICS
     seed_everything(cfg.run.seed)
     mimi = build_codec(cfg)

@@ -21,8 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..atomic import atomic_output
 from ..checkpoint.lm import load_lm, resolve_lm
 from ..data.shards import ShardDataset
+from ..errors import FullduplexError
 from ..lm.model import LMModel
 from . import checkpointing as ckpt
 from . import distributed as D
@@ -155,11 +157,37 @@ def _append_metrics(path: Path, record: dict[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl``. A torn last line (what a kill during a write leaves) is dropped with a
+    warning; any other unreadable line is an error naming the file and the line."""
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError("not an object with an integer step")
+        except ValueError as e:
+            if number == len(lines):
+                warnings.warn(f"{path}: dropped a torn last line {number} (a run killed while writing it)",
+                              stacklevel=2)
+                break
+            raise FullduplexError(f"{path}: line {number} is not a metrics record ({e}); fix or delete that line, "
+                                  "then run again") from None
+        records.append(record)
+    return records
+
+
 def _trim_metrics(path: Path, step: int) -> None:
-    """Drop records past ``step`` (written after the checkpoint a resumed run restarts from)."""
+    """Drop records past ``step`` (written after the checkpoint a resumed run restarts from) and a torn last line."""
     if path.is_file():
-        lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in lines))
+        kept = [r for r in read_metrics(path) if r["step"] <= step]
+        with atomic_output(path) as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
 
 # --- the recipe -------------------------------------------------------------------------------------------
@@ -175,6 +203,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None, progress: bool = True
 
 def _train(cfg: TrainConfig, d: D.Dist, stop_after: int | None, progress: bool) -> Result:
     run_dir = Path(cfg.run.output)
+    ckpt.check_run_dir(run_dir)
     metrics_path = run_dir / METRICS
     fsdp = d.enabled and cfg.run.fsdp
     bf16 = cfg.run.mixed_precision == "bf16" or (cfg.run.mixed_precision == "auto" and d.device.type == "cuda")
