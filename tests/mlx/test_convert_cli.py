@@ -70,6 +70,25 @@ def test_errors_are_one_line(source, tmp_path, capsys):
     assert_one_line_error(code, capsys.readouterr().err, "does not match")
 
 
+def test_never_replaces_the_input_or_a_foreign_folder(source, tmp_path, capsys):
+    root, _ = source
+    before = {p.name: p.read_bytes() for p in root.iterdir()}
+    out = tmp_path / "q8"
+    assert main(["convert", "--moshi-weight", str(root), "--format", "mlx-q8", "--output", str(out), "-q"]) == 0
+    # The input folder, even when it looks like one of ours: refused before any work, with or without --overwrite.
+    for source_folder in (root, out):
+        code = main(["convert", "--moshi-weight", str(source_folder), "--format", "mlx-q4", "--output",
+                     str(source_folder), "--overwrite", "-q"])
+        assert_one_line_error(code, capsys.readouterr().err, str(source_folder), "nothing was")
+    assert {p.name: p.read_bytes() for p in root.iterdir()} == before
+    code = main(["convert", "--moshi-weight", str(root), "--format", "mlx-q4", "--output", str(out), "-q"])
+    assert_one_line_error(code, capsys.readouterr().err, "previous `fullduplex convert` output", "--overwrite")
+    assert main(["convert", "--moshi-weight", str(root), "--format", "mlx-q4", "--output", str(out), "-q",
+                 "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "mimi.safetensors", "model.q4.safetensors", "tok.model"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
 def test_architecture_moshi_mlx_cannot_build_is_refused(tmp_path):
     lm = fd.LMModel(LMConfig(**{**CONFIG.to_dict(), "depformer_dim_feedforward": 256}))  # 4 x 64: MLX uses 11/4
     with pytest.raises(ValueError, match="moshi_mlx would build feed-forward widths"):
