@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("config", metavar="CONFIG.yaml", help="the recipe")
     p.add_argument("--override", "-o", action="append", default=[], metavar="KEY=VALUE",
                    help="change one field, e.g. optim.max_steps=200 (repeatable; values are YAML)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (metrics.jsonl is always written)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar, as --quiet (metrics.jsonl is always written)")
     p.set_defaults(func=run_train)
 
     e = subparsers.add_parser(
@@ -89,7 +89,7 @@ def run_train(args: argparse.Namespace) -> int:
     from ..train.recipe import train
 
     cfg = load_config(args.config, args.override)
-    result = train(cfg, progress=not args.no_progress)
+    result = train(cfg, progress=not (args.no_progress or args.quiet))
     import os
 
     if os.environ.get("RANK", "0") == "0":
@@ -104,7 +104,7 @@ def run_train_codec(args: argparse.Namespace) -> int:
     from ..train.codec import load_codec_config, train_codec
 
     cfg = load_codec_config(args.config, args.override)
-    result = train_codec(cfg, progress=not args.no_progress)
+    result = train_codec(cfg, progress=not (args.no_progress or args.quiet))
     last = result.losses.get(result.last_step)
     resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from is not None else ""
     loss = f", last loss {last:.4f}" if last is not None else ""
