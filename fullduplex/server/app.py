@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import mimetypes
 import sys
 import time
@@ -30,6 +29,7 @@ from aiohttp import WSMsgType, web
 from ..inference.engine import Engine, EngineFull, Session
 from ..text.tokenizer import TextTokenizer
 from . import protocol
+from .metrics import metrics_text
 from .personas import PersonaError, PersonaLibrary, persona_trained
 
 log = logging.getLogger("fullduplex.server")
@@ -287,30 +287,4 @@ class Server:
         )
 
     async def metrics(self, request: web.Request) -> web.Response:
-        times = sorted(self.engine.step_times)
-        lines = [
-            "# HELP fullduplex_sessions Live conversations.",
-            "# TYPE fullduplex_sessions gauge",
-            f"fullduplex_sessions {self.engine.active}",
-            f"fullduplex_sessions_max {self.engine.max_sessions}",
-            "# TYPE fullduplex_steps_total counter",
-            f"fullduplex_steps_total {self.engine.steps}",
-            "# HELP fullduplex_steps_behind_total Steps that took longer than one frame (80 ms).",
-            "# TYPE fullduplex_steps_behind_total counter",
-            f"fullduplex_steps_behind_total {self.behind}",
-            "# TYPE fullduplex_sessions_refused_total counter",
-            f"fullduplex_sessions_refused_total {self.refused}",
-            "# TYPE fullduplex_session_errors_total counter",
-            f"fullduplex_session_errors_total {self.errors}",
-            "# HELP fullduplex_persona_cache_bytes Prompt cache: bytes held, entries, hits, misses.",
-            f"fullduplex_persona_cache_bytes {self.engine.personas.nbytes}",
-            f"fullduplex_persona_cache_entries {len(self.engine.personas)}",
-            f"fullduplex_persona_cache_hits_total {self.engine.personas.hits}",
-            f"fullduplex_persona_cache_misses_total {self.engine.personas.misses}",
-            "# HELP fullduplex_step_seconds Model step time over the last 1000 steps.",
-            "# TYPE fullduplex_step_seconds summary",
-        ]
-        for q in (0.5, 0.95, 0.99):
-            value = times[min(len(times) - 1, math.ceil(q * len(times)) - 1)] if times else float("nan")
-            lines.append(f'fullduplex_step_seconds{{quantile="{q}"}} {value:.6f}')
-        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+        return web.Response(text=metrics_text(self), content_type="text/plain")
