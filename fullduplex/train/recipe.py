@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from .loss import combine, loss_parts, target_weights
 
 DEPTH_PREFIXES = ("depformer_in.", "depformer_emb.", "depformer_text_emb.", "depformer.", "linears.")
 METRICS = "metrics.jsonl"
+CURVE_EVERY_S = 300.0  # redraw RUN/loss.png at a checkpoint at most this often (and always at the end)
 
 
 @dataclass
@@ -292,6 +294,8 @@ def _train(cfg: TrainConfig, d: D.Dist, stop_after: int | None, progress: bool) 
         model.train()
         return value, position
 
+    curve_drawn = [time.monotonic()]
+
     def save(step: int) -> None:
         full = full_state(model, fsdp)  # collective under FSDP
         trainable_state = adapter_state(full) if cfg.lora.enabled else full
@@ -304,6 +308,9 @@ def _train(cfg: TrainConfig, d: D.Dist, stop_after: int | None, progress: bool) 
             if best is not None and best["step"] == step:
                 ckpt.write_best(run_dir, step, best["valid_loss"])
             ckpt.prune(run_dir, cfg.run.keep_checkpoints)
+            if time.monotonic() - curve_drawn[0] > CURVE_EVERY_S:  # a long run's curve, now and then
+                draw_loss_curve(run_dir, metrics_path)
+                curve_drawn[0] = time.monotonic()
         D.barrier(d)
 
     # Loop.
@@ -346,7 +353,7 @@ def _train(cfg: TrainConfig, d: D.Dist, stop_after: int | None, progress: bool) 
             if step % cfg.run.log_every == 0 or step == cfg.optim.max_steps:
                 _append_metrics(metrics_path, record)
                 if tb is not None:
-                    for k in ("loss", "text_loss", "audio_loss", "grad_norm"):
+                    for k in ("loss", "text_loss", "audio_loss", "grad_norm", "seconds", "frames_per_s"):
                         tb.add_scalar(f"train/{k}", record[k], step)
             if evaluate:
                 _append_metrics(metrics_path, {"step": step, "split": "valid", "loss": result.valid[step]})
@@ -363,8 +370,23 @@ def _train(cfg: TrainConfig, d: D.Dist, stop_after: int | None, progress: bool) 
         bar.close()
     if tb is not None:
         tb.close()
+    if d.is_main:
+        draw_loss_curve(run_dir, metrics_path)
     result.last_step = step
     return result
+
+
+def draw_loss_curve(run_dir: Path, metrics_path: Path) -> Path | None:
+    """``RUN/loss.png`` from ``metrics.jsonl``; one line on stderr when matplotlib is missing."""
+    from .curve import MISSING, write_loss_curve
+
+    path = write_loss_curve(run_dir, read_metrics(metrics_path))
+    if path is None and not (run_dir / "loss.png").exists():
+        from .curve import matplotlib_available
+
+        if not matplotlib_available():
+            print(MISSING, file=sys.stderr)
+    return path
 
 
 def _tensorboard(run_dir: Path) -> Any:

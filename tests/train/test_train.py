@@ -27,9 +27,29 @@ def recipe(tmp_path_factory) -> Path:
     return make_setup(tmp_path_factory.mktemp("train"))
 
 
-def test_loss_falls_and_run_folder(recipe, tmp_path):
+class FakeWriter:  # torch.utils.tensorboard.SummaryWriter, without tensorboard installed
+    scalars: list[tuple[str, float, int]] = []
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self.scalars.append((tag, value, step))
+
+    def close(self) -> None:
+        pass
+
+
+def test_loss_falls_and_run_folder(recipe, tmp_path, monkeypatch):
+    import types
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=FakeWriter))
     out = tmp_path / "run"
     result = train(load_config(recipe, [f"run.output={out}"]), progress=False)
+    assert (out / "loss.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")  # the operator's loss curve
+    tags = {tag for tag, _, _ in FakeWriter.scalars}
+    assert {"train/loss", "train/seconds", "valid/loss"} <= tags
+    assert [s for tag, _, s in FakeWriter.scalars if tag == "valid/loss"] == [10, 20, 30]
     losses = [result.losses[s] for s in range(1, 31)]
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5, losses
     assert sorted(result.valid) == [10, 20, 30] and result.valid[30] < result.valid[10]
@@ -69,6 +89,17 @@ def test_metrics_line_torn_in_the_middle_names_the_file(tmp_path):
     path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')
     with pytest.warns(UserWarning, match="line 2"):
         assert read_metrics(path) == [{"step": 1, "loss": 2.0}]
+
+
+def test_loss_curve_without_matplotlib_is_one_line(tmp_path, monkeypatch, capsys):
+    from fullduplex.train.recipe import draw_loss_curve
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "split": "train", "loss": 2.0}\n')
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert draw_loss_curve(tmp_path, tmp_path / "metrics.jsonl") is None
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "matplotlib is not installed" in err and "fullduplex[eval]" in err
+    assert not (tmp_path / "loss.png").exists()
 
 
 def test_run_output_holding_other_files_is_refused(recipe, tmp_path, capsys):
