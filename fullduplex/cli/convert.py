@@ -24,6 +24,7 @@ from ..checkpoint.resolve import DEFAULT_REPO, MIMI_NAME, resolve_file
 from ..errors import FullduplexError
 from ..lm.config import PRESETS as LM_PRESETS
 from ..text.tokenizer import TOKENIZER_NAME
+from .stages import stage_bar
 
 EPILOG = """\
 formats:
@@ -105,9 +106,13 @@ def convert_command(args: argparse.Namespace) -> int:
     check_output_folder(output, CONVERT, args.overwrite, protect=inputs)
     # bf16 holds every MLX file exactly and is what MLX files store; fp32 only when asked for.
     dtype = torch.float32 if args.format == "moshi" and args.dtype == "float32" else torch.bfloat16
-    lm = load_lm(lm_path, config=args.config or repo_config, device="cpu", dtype=dtype)
-    with folder_output(output, CONVERT, args.overwrite, protect=inputs) as work:
-        path = output / save_checkpoint(lm, work, args.format, tokenizer, mimi, dtype=dtype, progress=not args.quiet).name
+    with stage_bar(2, "convert", args.quiet) as on_stage:
+        on_stage(f"loading {lm_path.name}")
+        lm = load_lm(lm_path, config=args.config or repo_config, device="cpu", dtype=dtype)
+        on_stage(f"writing {output} ({args.format})")
+        with folder_output(output, CONVERT, args.overwrite, protect=inputs) as work:
+            path = output / save_checkpoint(lm, work, args.format, tokenizer, mimi, dtype=dtype,
+                                            progress=not args.quiet).name
     missing = [what for what, found in (("tokenizer", tokenizer), ("Mimi", mimi)) if found is None]
     if missing:
         warnings.warn(f"no {' or '.join(missing)} found to copy; pass --tokenizer / --mimi-weight", stacklevel=1)

@@ -117,18 +117,21 @@ def run_export(args: argparse.Namespace) -> int:
     import torch
 
     from ..errors import FullduplexError
-    from ..train.export import export_lora_weight, export_run
+    from ..train.export import STAGES, export_lora_weight, export_run
+    from .stages import stage_bar
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(args.dtype or "")
     if (args.run_dir is None) == (args.lora_weight is None):
         raise FullduplexError("export needs either RUN_DIR or --lora-weight FILE (not both)")
     if args.lora_weight is not None:
-        out = export_lora_weight(args.lora_weight, args.output, args.moshi_weight, args.hf_repo, args.config,
-                                 args.tokenizer, args.lora_scaling, dtype, fmt=args.format, mimi=args.mimi_weight,
-                                 overwrite=args.overwrite)
+        with stage_bar(STAGES, "export", args.quiet) as on_stage:
+            out = export_lora_weight(args.lora_weight, args.output, args.moshi_weight, args.hf_repo, args.config,
+                                     args.tokenizer, args.lora_scaling, dtype, fmt=args.format, mimi=args.mimi_weight,
+                                     overwrite=args.overwrite, on_stage=on_stage)
         print(f"wrote {out} (adapters of {args.lora_weight} folded in)")
         return 0
-    out, step = export_run(args.run_dir, args.output, args.checkpoint, args.keep_lora, dtype, fmt=args.format,
-                           mimi=args.mimi_weight, overwrite=args.overwrite)
+    with stage_bar(STAGES, "export", args.quiet) as on_stage:
+        out, step = export_run(args.run_dir, args.output, args.checkpoint, args.keep_lora, dtype, fmt=args.format,
+                               mimi=args.mimi_weight, overwrite=args.overwrite, on_stage=on_stage)
     print(f"wrote {out} from step {step} of {args.run_dir}")
     return 0

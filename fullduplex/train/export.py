@@ -10,7 +10,7 @@ base weights stay unmerged and the adapters go to ``lora.safetensors`` in moshi-
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from .lora import apply_lora, merge_lora
 
 LORA_NAME = "lora.safetensors"
 EXPORT = checkpoint_folder("fullduplex export")
+STAGES = 3  # on_stage calls of an export: base model, trained weights, writing (for a progress bar's total)
 
 
 def pick_checkpoint(run_dir: Path, which: str) -> int:
@@ -57,7 +58,7 @@ def _inputs(*paths: str | Path | None) -> tuple[Path, ...]:
 
 def _finish(model: LMModel, output: Path, tokenizer: str | None, extra: dict[str, Any], dtype: torch.dtype | None,
             lora: dict[str, torch.Tensor] | None = None, fmt: str = "moshi", mimi: str | Path | None = None,
-            overwrite: bool = False, protect: Iterable[Path] = ()) -> Path:
+            overwrite: bool = False, protect: Iterable[Path] = (), on_stage: Callable[[str], None] | None = None) -> Path:
     """Write the folder under a temporary name, then rename it into place (replacing a previous export only
     with ``overwrite``; never a folder holding one of ``protect``). ``fmt``: ``moshi`` (the released PyTorch
     layout) or an MLX format (``mlx-bf16`` / ``mlx-q8`` / ``mlx-q4``, see :func:`save_checkpoint`)."""
@@ -75,6 +76,8 @@ def _finish(model: LMModel, output: Path, tokenizer: str | None, extra: dict[str
     if tokenizer is not None and not Path(tokenizer).is_file():
         raise FullduplexError(f"tokenizer {tokenizer} not found")
     output = Path(output)
+    if on_stage is not None:
+        on_stage(f"writing {output}")
     with folder_output(output, EXPORT, overwrite, (*protect, *_inputs(tokenizer, mimi))) as work:
         save_checkpoint(model, work, fmt, tokenizer=tokenizer, mimi=mimi, dtype=dtype)
         if lora is not None:
@@ -87,10 +90,10 @@ def _finish(model: LMModel, output: Path, tokenizer: str | None, extra: dict[str
 
 def export_run(run_dir: str | Path, output: str | Path, checkpoint: str = "best", keep_lora: bool = False,
                dtype: torch.dtype | None = None, fmt: str = "moshi", mimi: str | Path | None = None,
-               overwrite: bool = False) -> tuple[Path, int]:
+               overwrite: bool = False, on_stage: Callable[[str], None] | None = None) -> tuple[Path, int]:
     """Export checkpoint ``checkpoint`` of a training run in ``fmt``, with a copy of ``mimi`` when given;
     returns (folder, step). ``output`` must be new, empty, or (with ``overwrite``) a previous export; it may never
-    hold ``run_dir``."""
+    hold ``run_dir``. ``on_stage(description)`` is called as each of the :data:`STAGES` stages starts."""
     run_dir = Path(run_dir)
     check_output_folder(Path(output), EXPORT, overwrite, protect=(run_dir,))
     config_path = run_dir / "config.json"
@@ -98,6 +101,8 @@ def export_run(run_dir: str | Path, output: str | Path, checkpoint: str = "best"
         raise FullduplexError(f"{run_dir}: no config.json; is this a `fullduplex train` run.output folder?")
     cfg = load_config(None, raw=json.loads(config_path.read_text()), check_paths=False)
     step = pick_checkpoint(run_dir, checkpoint)
+    stage = on_stage or (lambda _: None)
+    stage("loading the base model")
     trainable = load_file(str(ckpt.step_dir(run_dir, step) / "trainable.safetensors"))
     if cfg.model.from_scratch:
         from .recipe import scratch_model
@@ -106,7 +111,9 @@ def export_run(run_dir: str | Path, output: str | Path, checkpoint: str = "best"
     else:
         path, repo_config = resolve_lm(cfg.model.checkpoint, cfg.model.hf_repo)
         model = load_lm(path, config=cfg.model.config or repo_config, device="cpu", dtype=torch.float32)
-    keep = {"fmt": fmt, "mimi": mimi, "overwrite": overwrite, "protect": (run_dir, *_inputs(cfg.model.checkpoint))}
+    keep = {"fmt": fmt, "mimi": mimi, "overwrite": overwrite, "protect": (run_dir, *_inputs(cfg.model.checkpoint)),
+            "on_stage": on_stage}
+    stage(f"applying step {step}" + (" and folding LoRA in" if cfg.lora.enabled and not keep_lora else ""))
     if not cfg.lora.enabled:
         model.load_state_dict(trainable)
         return _finish(model, output, cfg.model.tokenizer, {}, dtype, **keep), step
@@ -166,17 +173,21 @@ def _reference_linears(model: LMModel) -> list[str]:
 def export_lora_weight(lora_weight: str | Path, output: str | Path, moshi_weight: str | None = None,
                        hf_repo: str | None = None, config: str | None = None, tokenizer: str | None = None,
                        scaling: float | None = None, dtype: torch.dtype | None = None, fmt: str = "moshi",
-                       mimi: str | Path | None = None, overwrite: bool = False) -> Path:
+                       mimi: str | Path | None = None, overwrite: bool = False,
+                       on_stage: Callable[[str], None] | None = None) -> Path:
     """Fold moshi-finetune adapters into their base model and export. ``scaling``: default ``lora_scaling`` of
     the ``config.json`` beside the adapters, else 2.0 (moshi-finetune's default)."""
     lora_weight = Path(lora_weight)
     protect = _inputs(lora_weight, moshi_weight, config)
     check_output_folder(Path(output), EXPORT, overwrite, protect)
+    stage = on_stage or (lambda _: None)
+    stage("loading the base model")
     if scaling is None:
         beside = lora_weight.parent / "config.json"
         scaling = float(json.loads(beside.read_text()).get("lora_scaling", 2.0)) if beside.is_file() else 2.0
     path, repo_config = resolve_lm(moshi_weight, hf_repo)
     model = load_lm(path, config=config or repo_config, device="cpu", dtype=torch.float32)
+    stage(f"folding {lora_weight.name} in")
     apply_lora_file(model, lora_weight, scaling)
     return _finish(model, output, tokenizer, {}, dtype, fmt=fmt, mimi=mimi, overwrite=overwrite,
-                   protect=(*protect, path))
+                   protect=(*protect, path), on_stage=on_stage)

@@ -93,3 +93,22 @@ def test_architecture_moshi_mlx_cannot_build_is_refused(tmp_path):
     lm = fd.LMModel(LMConfig(**{**CONFIG.to_dict(), "depformer_dim_feedforward": 256}))  # 4 x 64: MLX uses 11/4
     with pytest.raises(ValueError, match="moshi_mlx would build feed-forward widths"):
         fd.save_mlx(lm, tmp_path, "mlx-q8")
+
+
+def test_convert_shows_its_stages_unless_quiet(source, tmp_path, monkeypatch):
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:  # tqdm draws only on a terminal
+            return True
+
+    root, _ = source
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert main(["convert", "--moshi-weight", str(root), "--format", "moshi", "--output", str(tmp_path / "a")]) == 0
+    shown = sys.stderr.getvalue()
+    assert "convert: " in shown and "/2 stages" in shown and "loading model.safetensors" in shown
+    assert f"writing {tmp_path / 'a'} (moshi)" in shown
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert main(["convert", "--moshi-weight", str(root), "--format", "moshi", "--output", str(tmp_path / "b"), "-q"]) == 0
+    assert sys.stderr.getvalue() == ""

@@ -3,7 +3,9 @@ with identical logits."""
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -153,3 +155,20 @@ def test_export_never_deletes_what_it_did_not_write(lora_run, tmp_path, capsys):
     assert_one_line_error(code, capsys.readouterr().err, "README.md", "nothing was deleted")
     assert (out / "README.md").is_file() and (out / "lora.safetensors").is_file()
     assert not list(tmp_path.glob(".*")) and not list(lora_run.glob(".*"))  # no staging folder left behind
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:  # tqdm draws only on a terminal
+        return True
+
+
+def test_export_shows_its_stages_unless_quiet(lora_run, tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert run(["export", str(lora_run / "run"), "--output", str(tmp_path / "a")]) == 0
+    shown = sys.stderr.getvalue()
+    assert "export: " in shown and "/3 stages" in shown
+    for stage in ("loading the base model", "applying step 3 and folding LoRA in", f"writing {tmp_path / 'a'}"):
+        assert stage in shown, shown
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert run(["--quiet", "export", str(lora_run / "run"), "--output", str(tmp_path / "b")]) == 0
+    assert sys.stderr.getvalue() == ""
