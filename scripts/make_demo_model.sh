@@ -62,7 +62,7 @@ stamp "5/8 training the LM ($LM_STEPS steps)"
     -o "data.valid=[$OUT/shards/valid]" -o "optim.max_steps=$LM_STEPS" -o "run.output=$OUT/lm"
 
 stamp "6/8 exporting and packing the model (float16)"
-fullduplex export "$OUT/lm" --output "$OUT/lm-export"
+fullduplex export "$OUT/lm" --output "$OUT/lm-export" --overwrite  # a rerun replaces its own earlier export
 python "$ROOT/scripts/demo_tools.py" pack --lm "$OUT/lm-export" --codec "$OUT/codec" --output "$OUT/model" \
     --user-sample "$OUT/corpus/valid/en-00000.wav"
 MODEL=(--moshi-weight "$OUT/model" --mimi-weight "$OUT/model/mimi.safetensors" --mimi-config "$OUT/model/config.json"
