@@ -171,7 +171,12 @@ def publish_folder(work: Path, output: Path, kind: OutputKind, overwrite: bool =
     if check_output_folder(output, kind, overwrite, protect):
         old = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".old", dir=output.parent))
         os.replace(output, old / output.name)
-        os.replace(work, output)
+        try:
+            os.replace(work, output)
+        except OSError:
+            os.replace(old / output.name, output)  # put the previous output back
+            old.rmdir()
+            raise
         fsync_dir(output.parent)
         shutil.rmtree(old)
         return
