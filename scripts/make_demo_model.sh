@@ -76,12 +76,12 @@ python "$ROOT/scripts/demo_tools.py" text-loss --model "$OUT/model" --valid "$OU
 python "$ROOT/scripts/demo_tools.py" channels "$OUT/corpus/valid/manifest.jsonl" --output "$EVAL/channels"
 fullduplex generate --input "$EVAL"/channels/*.user.wav --output "$EVAL/generated" --transcript "$EVAL/transcripts" \
     "${MODEL[@]}" --quiet
-fullduplex eval turns "$EVAL/generated" --output "$EVAL/turns-generated" --quiet
-fullduplex eval turns "$OUT/corpus/valid" --output "$EVAL/turns-truth" --quiet
+fullduplex eval turns "$EVAL/generated" --output "$EVAL/turns-generated" --overwrite --quiet
+fullduplex eval turns "$OUT/corpus/valid" --output "$EVAL/turns-truth" --overwrite --quiet
 python "$ROOT/scripts/demo_tools.py" onsets --generated "$EVAL/generated" --truth "$OUT/corpus/valid" \
     --output "$EVAL/onsets.json"
 fullduplex eval codec "$EVAL"/channels/*.left.wav --mimi-weight "$OUT/model/mimi.safetensors" \
-    --mimi-config "$OUT/model/config.json" --output "$EVAL/codec" --quiet
+    --mimi-config "$OUT/model/config.json" --output "$EVAL/codec" --overwrite --quiet
 
 if [ "${DEMO_INSTALL:-1}" = "1" ]; then
     stamp "8/8 copying the model into $ROOT/fullduplex/assets/demo"
