@@ -74,7 +74,7 @@ mkdir -p "$EVAL"
 python "$ROOT/scripts/demo_tools.py" text-loss --model "$OUT/model" --valid "$OUT/shards/valid" \
     --train "$OUT/shards/train" --output "$EVAL/text_loss.json"
 python "$ROOT/scripts/demo_tools.py" channels "$OUT/corpus/valid/manifest.jsonl" --output "$EVAL/channels"
-fullduplex generate --input "$EVAL"/channels/*.user.wav --output "$EVAL/generated" --transcript "$EVAL/transcripts" \
+fullduplex generate --input "$EVAL"/channels/*.user.wav --output "$EVAL/generated" --transcript "$EVAL/transcripts" --overwrite \
     "${MODEL[@]}" --quiet
 fullduplex eval turns "$EVAL/generated" --output "$EVAL/turns-generated" --overwrite --quiet
 fullduplex eval turns "$OUT/corpus/valid" --output "$EVAL/turns-truth" --overwrite --quiet
