@@ -34,7 +34,7 @@ sys.path.insert(0, {root!r})
 from fullduplex.checkpoint.adapt import adapt_checkpoint
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()
-adapt_checkpoint({tokenizer!r}, {output!r}, moshi_weight={weights!r}, init={init!r}, force=True)
+adapt_checkpoint({tokenizer!r}, {output!r}, moshi_weight={weights!r}, init={init!r}, overwrite=True)
 seconds = time.perf_counter() - start
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({{"base_kib": base, "peak_kib": peak, "seconds": seconds}}))

@@ -34,7 +34,7 @@ echo "==> the demo model answers $USER_WAV"
 fullduplex generate --input "$USER_WAV" --output "$OUT/conversation.wav" --transcript "$OUT/transcript.json" \
     --device cpu
 echo "==> measuring turn-taking of the conversation (voice activity per channel)"
-fullduplex eval turns "$OUT/conversation.wav" --output "$OUT/turns" --quiet > /dev/null
+fullduplex eval turns "$OUT/conversation.wav" --output "$OUT/turns" --overwrite --quiet > /dev/null
 echo
 echo "Done. Files are in $OUT:"
 echo "  conversation (stereo; left: the model, right: the user): $OUT/conversation.wav"

@@ -158,6 +158,8 @@ def cmd_onsets(args: argparse.Namespace) -> None:
 
 def cmd_pack(args: argparse.Namespace) -> None:
     """The exported LM folder and the codec run → the demo folder (float16 weights, one config.json)."""
+    from fullduplex.atomic import OutputKind, folder_output
+    from fullduplex.checkpoint.convert import checkpoint_folder_files
     from fullduplex.checkpoint.lm import load_lm, save_lm
     from fullduplex.checkpoint.mimi import load_mimi, save_mimi
     from fullduplex.codec.config import MimiConfig
@@ -165,25 +167,23 @@ def cmd_pack(args: argparse.Namespace) -> None:
     lm_dir, codec_run, out = Path(args.lm), Path(args.codec), Path(args.output)
     mimi_config = json.loads((codec_run / "mimi_config.json").read_text())["mimi_config"]
     lm_config = json.loads((lm_dir / "config.json").read_text())
-    tmp = out.parent / f".{out.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    lm = load_lm(lm_dir, device="cpu")
-    save_lm(lm, tmp / "model.safetensors", dtype=torch.float16)
-    mimi = load_mimi(codec_run / "mimi.safetensors", config=MimiConfig.from_moshi_dict(mimi_config), num_codebooks=None)
-    save_mimi(mimi, tmp / "mimi.safetensors", dtype=torch.float16)
-    shutil.copyfile(lm_dir / lm_config["tokenizer_name"], tmp / "tokenizer.model")
-    if args.user_sample:  # the user (right channel) of a held-out dialogue: scripts/demo.sh's input, 16 kHz
-        from fullduplex.codec.audio import write_wav
-        from fullduplex.data.formats import read_stereo
+    # Replaces only an earlier pack (its config.json names the files; plus user.wav), never other files.
+    kind = OutputKind("demo_tools.py pack", lambda f: None if (names := checkpoint_folder_files(f)) is None
+                      else names | {"user.wav"})
+    with folder_output(out, kind, overwrite=True) as tmp:
+        lm = load_lm(lm_dir, device="cpu")
+        save_lm(lm, tmp / "model.safetensors", dtype=torch.float16)
+        mimi = load_mimi(codec_run / "mimi.safetensors", config=MimiConfig.from_moshi_dict(mimi_config), num_codebooks=None)
+        save_mimi(mimi, tmp / "mimi.safetensors", dtype=torch.float16)
+        shutil.copyfile(lm_dir / lm_config["tokenizer_name"], tmp / "tokenizer.model")
+        if args.user_sample:  # the user (right channel) of a held-out dialogue: scripts/demo.sh's input, 16 kHz
+            from fullduplex.codec.audio import write_wav
+            from fullduplex.data.formats import read_stereo
 
-        write_wav(tmp / "user.wav", read_stereo(args.user_sample, 16000)[1:2], 16000)
-    lm_config.update(moshi_name="model.safetensors", mimi_name="mimi.safetensors", tokenizer_name="tokenizer.model",
-                     mimi_config=mimi_config)
-    (tmp / "config.json").write_text(json.dumps(lm_config, indent=1) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+            write_wav(tmp / "user.wav", read_stereo(args.user_sample, 16000)[1:2], 16000)
+        lm_config.update(moshi_name="model.safetensors", mimi_name="mimi.safetensors", tokenizer_name="tokenizer.model",
+                         mimi_config=mimi_config)
+        (tmp / "config.json").write_text(json.dumps(lm_config, indent=1) + "\n")
     size = sum(p.stat().st_size for p in out.iterdir())
     print(f"wrote {out} ({size / 1e6:.1f} MB)")
 

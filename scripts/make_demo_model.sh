@@ -62,7 +62,7 @@ stamp "5/8 training the LM ($LM_STEPS steps)"
     -o "data.valid=[$OUT/shards/valid]" -o "optim.max_steps=$LM_STEPS" -o "run.output=$OUT/lm"
 
 stamp "6/8 exporting and packing the model (float16)"
-fullduplex export "$OUT/lm" --output "$OUT/lm-export"
+fullduplex export "$OUT/lm" --output "$OUT/lm-export" --overwrite  # a rerun replaces its own earlier export
 python "$ROOT/scripts/demo_tools.py" pack --lm "$OUT/lm-export" --codec "$OUT/codec" --output "$OUT/model" \
     --user-sample "$OUT/corpus/valid/en-00000.wav"
 MODEL=(--moshi-weight "$OUT/model" --mimi-weight "$OUT/model/mimi.safetensors" --mimi-config "$OUT/model/config.json"
@@ -74,14 +74,14 @@ mkdir -p "$EVAL"
 python "$ROOT/scripts/demo_tools.py" text-loss --model "$OUT/model" --valid "$OUT/shards/valid" \
     --train "$OUT/shards/train" --output "$EVAL/text_loss.json"
 python "$ROOT/scripts/demo_tools.py" channels "$OUT/corpus/valid/manifest.jsonl" --output "$EVAL/channels"
-fullduplex generate --input "$EVAL"/channels/*.user.wav --output "$EVAL/generated" --transcript "$EVAL/transcripts" \
+fullduplex generate --input "$EVAL"/channels/*.user.wav --output "$EVAL/generated" --transcript "$EVAL/transcripts" --overwrite \
     "${MODEL[@]}" --quiet
-fullduplex eval turns "$EVAL/generated" --output "$EVAL/turns-generated" --quiet
-fullduplex eval turns "$OUT/corpus/valid" --output "$EVAL/turns-truth" --quiet
+fullduplex eval turns "$EVAL/generated" --output "$EVAL/turns-generated" --overwrite --quiet
+fullduplex eval turns "$OUT/corpus/valid" --output "$EVAL/turns-truth" --overwrite --quiet
 python "$ROOT/scripts/demo_tools.py" onsets --generated "$EVAL/generated" --truth "$OUT/corpus/valid" \
     --output "$EVAL/onsets.json"
 fullduplex eval codec "$EVAL"/channels/*.left.wav --mimi-weight "$OUT/model/mimi.safetensors" \
-    --mimi-config "$OUT/model/config.json" --output "$EVAL/codec" --quiet
+    --mimi-config "$OUT/model/config.json" --output "$EVAL/codec" --overwrite --quiet
 
 if [ "${DEMO_INSTALL:-1}" = "1" ]; then
     stamp "8/8 copying the model into $ROOT/fullduplex/assets/demo"

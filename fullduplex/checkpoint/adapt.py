@@ -39,12 +39,13 @@ from typing import Literal
 
 import torch
 
-from ..atomic import publish, temporary_beside
+from ..atomic import check_output_folder, folder_output
 from ..errors import CheckpointError
 from ..lm.config import LMConfig, lm_preset
 from ..lm.model import LMModel
 from ..text.tokenizer import TOKENIZER_NAME, TextTokenizer
 from ..text.train import BOS_ID, EOS_ID
+from .convert import checkpoint_folder
 from .lm import MIMI_MARKERS, MOSHI_NAME, from_released, resolve_lm
 from .resolve import DEFAULT_REPO, repo_config
 from .state import check_state_dict
@@ -239,6 +240,9 @@ def _check_new_tokenizer(tokenizer: TextTokenizer, config: LMConfig, kept: tuple
             )
 
 
+ADAPT = checkpoint_folder("fullduplex adapt")
+
+
 def _output_config(raw: dict | None, config: LMConfig, new_card: int) -> dict:
     """The config.json of the adapted checkpoint: the input's (or the architecture's) with the new ``text_card``."""
     out = dict(raw) if raw is not None else {**config.to_moshi_dict(), "model_type": "moshi"}
@@ -259,7 +263,7 @@ def adapt_checkpoint(
     fill: Literal["normal", "mean-cov"] = "mean-cov",
     cov_scale: float = DEFAULT_COV_SCALE,
     seed: int = 0,
-    force: bool = False,
+    overwrite: bool = False,
     on_write: Callable[[int, int], None] | None = None,
 ) -> AdaptResult:
     """Write ``output/`` = ``model.safetensors`` + ``config.json`` + ``tokenizer_spm_32k_3.model``: the LM of
@@ -268,9 +272,9 @@ def adapt_checkpoint(
 
     ``config``: the input's architecture (an :class:`LMConfig`, preset name or config.json; default the input
     folder's or repo's config.json, else moshiko 7B). ``old_tokenizer`` (``copy-shared`` only; default the one
-    found with the input). ``seed`` makes the new rows reproducible. ``output`` must not exist or be empty unless
-    ``force`` (then the three files are replaced). Every file is written under a temporary name and renamed when
-    all succeeded. ``on_write(done_bytes, total_bytes)`` reports progress. Raises :class:`CheckpointError`.
+    found with the input). ``seed`` makes the new rows reproducible. ``output`` must be new or empty, or with
+    ``overwrite`` a previous output of ours (see :func:`fullduplex.atomic.check_output_folder`); it is built in a
+    folder beside it and renamed into place when all succeeded. ``on_write(done_bytes, total_bytes)`` reports progress. Raises :class:`CheckpointError`.
     """
     if init not in INITS:
         raise CheckpointError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
@@ -281,12 +285,10 @@ def adapt_checkpoint(
     new_tok = tokenizer if isinstance(tokenizer, TextTokenizer) else TextTokenizer.load(tokenizer)
     path, raw, cfg = _source_config(moshi_weight, hf_repo, config)
     output = Path(output)
-    if output.exists() and not output.is_dir():
-        raise CheckpointError(f"output {output} is a file; give a folder")
-    if output.resolve() == path.parent.resolve():
-        raise CheckpointError(f"output {output} is the input checkpoint's folder; choose another folder")
-    if output.is_dir() and any(output.iterdir()) and not force:
-        raise CheckpointError(f"output folder {output} already exists and is not empty; pass --force to replace its files")
+    protect = tuple(Path(p) for p in (path, new_tok.path, old_tokenizer) if isinstance(p, (str, Path)) and Path(p).exists())
+    check_output_folder(output, ADAPT, overwrite, protect)
+    if new_tok.path is None:
+        raise CheckpointError("the new tokenizer was built in memory; pass its .model file")
     kept = special_ids(cfg)
     _check_new_tokenizer(new_tok, cfg, kept)
     new_card = new_tok.vocab_size
@@ -340,23 +342,9 @@ def adapt_checkpoint(
             "kept_ids": list(kept), "shared_pieces": len(shared),
         })}
         new_cfg = cfg.with_text_vocabulary(new_card)
-        created = not output.exists()
-        output.mkdir(parents=True, exist_ok=True)
-        staged: list[tuple[Path, Path]] = []
-        try:
-            for name in (MOSHI_NAME, "config.json", TOKENIZER_NAME):
-                staged.append((temporary_beside(output / name), output / name))
-            write_safetensors_streaming(staged[0][0], specs, tensors(), metadata, progress)
-            staged[1][0].write_text(json.dumps(_output_config(raw, cfg, new_card), indent=2) + "\n")
-            if new_tok.path is None:
-                raise CheckpointError("the new tokenizer was built in memory; pass its .model file")
-            shutil.copyfile(new_tok.path, staged[2][0])
-            for tmp, target in staged:
-                publish(tmp, target)
-        except BaseException:
-            for tmp, _ in staged:
-                tmp.unlink(missing_ok=True)
-            if created and output.is_dir() and not any(output.iterdir()):
-                output.rmdir()
-            raise
-    return AdaptResult(output, new_cfg, old_card, init, resized, kept, len(shared), [t for _, t in staged])
+        files = [output / name for name in (MOSHI_NAME, "config.json", TOKENIZER_NAME)]
+        with folder_output(output, ADAPT, overwrite, protect) as work:
+            write_safetensors_streaming(work / MOSHI_NAME, specs, tensors(), metadata, progress)
+            (work / "config.json").write_text(json.dumps(_output_config(raw, cfg, new_card), indent=2) + "\n")
+            shutil.copyfile(new_tok.path, work / TOKENIZER_NAME)
+    return AdaptResult(output, new_cfg, old_card, init, resized, kept, len(shared), files)

@@ -21,12 +21,30 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_output
+from ..atomic import OutputKind, atomic_output
 from ..lm.model import LMModel
 from .lm import MOSHI_NAME, save_lm
 from .mlx import MLX_FORMATS, MLX_NAMES, save_mlx
 
 FORMATS = ("moshi", *MLX_FORMATS)
+
+
+def checkpoint_folder_files(folder: Path) -> set[str] | None:
+    """The files of a checkpoint folder written by :func:`save_checkpoint` (or ``adapt``), as its ``config.json``
+    names them; None when ``folder`` is not such a folder."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict) or not isinstance(config.get("moshi_name"), str):
+        return None
+    names = (config.get(key) for key in ("moshi_name", "tokenizer_name", "mimi_name", "lora_name"))
+    return {"config.json", *(name for name in names if isinstance(name, str))}
+
+
+def checkpoint_folder(command: str) -> OutputKind:
+    """The output folder of ``command`` when it writes a checkpoint folder (export, convert, adapt)."""
+    return OutputKind(command, checkpoint_folder_files)
 
 
 def model_file_name(fmt: str) -> str:

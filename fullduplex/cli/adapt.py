@@ -52,7 +52,8 @@ def register(subparsers: Any) -> None:
                      help="the input's tokenizer, for --init copy-shared (default: the one found with the input)")
     out = parser.add_argument_group("output")
     out.add_argument("--output", "-o", required=True, metavar="OUT", help="folder to write (new, or empty)")
-    out.add_argument("--force", action="store_true", help="replace the files in an existing, non-empty OUT")
+    out.add_argument("--overwrite", "--force", action="store_true", dest="overwrite",
+                     help="replace OUT when it holds a previous adapt / export / convert output (and nothing else)")
     out.add_argument("--init", choices=INITS, default="mean-cov", help="new rows (default: mean-cov)")
     out.add_argument("--fill", choices=("normal", "mean-cov"), default="mean-cov",
                      help="rows copy-shared cannot copy (default: mean-cov)")
@@ -75,7 +76,7 @@ def adapt_command(args: argparse.Namespace) -> int:
         result = adapt_checkpoint(
             args.tokenizer, args.output, moshi_weight=args.moshi_weight, hf_repo=args.hf_repo, config=args.config,
             init=args.init, old_tokenizer=args.old_tokenizer, fill=args.fill, cov_scale=args.cov_scale,
-            seed=args.seed, force=args.force, on_write=on_write,
+            seed=args.seed, overwrite=args.overwrite, on_write=on_write,
         )
     finally:
         bar.close()

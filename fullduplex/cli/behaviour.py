@@ -79,6 +79,7 @@ def add_parser(actions: Any, add_vad_arguments: Any) -> None:
     io.add_argument("--speech", nargs="+", required=True, metavar="FILE",
                     help="recordings of a user's speech (one sentence or so each) to build the probes from")
     io.add_argument("--output", "-o", required=True, metavar="DIR", help="report folder (created if needed)")
+    io.add_argument("--overwrite", action="store_true", help="replace the files of a previous report in DIR")
     io.add_argument("--probes", type=_kinds, default=list(KINDS), metavar="LIST",
                     help=f"comma-separated, from {','.join(KINDS)} (default: all)")
     io.add_argument("--repeats", type=int, default=4, metavar="N",
@@ -137,7 +138,7 @@ def behaviour_command(args: argparse.Namespace) -> int:
     from .models import check_persona_arguments, load_models, persona_schedule, sampling_from_args
 
     out = Path(args.output)
-    check_report_folder(out)
+    check_report_folder(out, args.overwrite)
     if args.repeats < 1 or args.batch_size < 1:
         raise FullduplexError("--repeats and --batch-size must be at least 1")
     timing = Timing(args.lead, tuple(args.pause_range), args.listen, args.interrupt_after, args.monologue,
@@ -198,7 +199,7 @@ def behaviour_command(args: argparse.Namespace) -> int:
             audio = torch.from_numpy(np.stack([i.model, i.probe.audio]))  # [2, S]: model left, user right
             files[f"{kind}-{i.probe.index}.wav"] = lambda tmp, a=audio: write_stereo_wav(tmp, a, rate)
     files["report.md"] = lambda tmp: write_text(tmp, _markdown(report, series))
-    for target in write_report(out, files):
+    for target in write_report(out, files, args.overwrite):
         print(f"wrote {target}")
     return 0
 

@@ -16,13 +16,15 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint.convert import FORMATS, model_file_name, save_checkpoint
+from ..atomic import check_output_folder, folder_output
+from ..checkpoint.convert import FORMATS, checkpoint_folder, save_checkpoint
 from ..checkpoint.lm import load_lm, resolve_lm
 from ..checkpoint.mimi import resolve_mimi
 from ..checkpoint.resolve import DEFAULT_REPO, MIMI_NAME, resolve_file
 from ..errors import FullduplexError
 from ..lm.config import PRESETS as LM_PRESETS
 from ..text.tokenizer import TOKENIZER_NAME
+from .stages import stage_bar
 
 EPILOG = """\
 formats:
@@ -39,7 +41,10 @@ examples:
 
 The tokenizer and Mimi are copied from --tokenizer / --mimi-weight, else from --hf-repo, else from the input
 folder when it holds them; without any, only the LM and config.json are written (a warning says so).
+DIR must be new or empty; a previous convert / export output (its config.json names every file in it) is replaced
+only with --overwrite; a folder holding the input is always refused.
 """
+CONVERT = checkpoint_folder("fullduplex convert")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -57,7 +62,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tokenizer", metavar="FILE", help="SentencePiece .model to copy beside the LM")
     parser.add_argument("--mimi-weight", metavar="FILE", help="Mimi checkpoint to copy beside the LM")
     parser.add_argument("--format", required=True, choices=FORMATS, help="output format (see below)")
-    parser.add_argument("--output", "-o", required=True, metavar="DIR", help="output folder (created if needed)")
+    parser.add_argument("--output", "-o", required=True, metavar="DIR",
+                        help="output folder: new or empty (built beside it, then renamed into place)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace DIR when it holds a previous convert / export output (and nothing else)")
     parser.add_argument(
         "--dtype", choices=["bfloat16", "float32"], default="bfloat16",
         help="float type of the moshi format (default: bfloat16, as released); MLX files are bf16",
@@ -87,21 +95,24 @@ def _companion(explicit: str | None, hf_repo: str | None, folder: Path | None, d
 
 def convert_command(args: argparse.Namespace) -> int:
     output = Path(args.output)
-    if output.exists() and not output.is_dir():
-        raise FullduplexError(f"--output {output} is a file; give a folder")
+    check_output_folder(output, CONVERT, args.overwrite)
     if args.moshi_weight is None and args.hf_repo is None:
         raise FullduplexError("give the checkpoint to convert: --moshi-weight FILE or --hf-repo OWNER/NAME")
     lm_path, repo_config = resolve_lm(args.moshi_weight, args.hf_repo)
     folder = lm_path.parent if args.moshi_weight is not None else None
     tokenizer = _companion(args.tokenizer, args.hf_repo, folder, TOKENIZER_NAME, "tokenizer_name", "tokenizer")
     mimi = _companion(args.mimi_weight, args.hf_repo, folder, MIMI_NAME, "mimi_name", "mimi")
-    target = output / model_file_name(args.format)
-    if target.resolve() == lm_path.resolve():
-        raise FullduplexError(f"--output would overwrite the input {lm_path}; choose another folder")
+    inputs = [Path(p) for p in (lm_path, tokenizer, mimi, args.config) if p is not None and Path(p).exists()]
+    check_output_folder(output, CONVERT, args.overwrite, protect=inputs)
     # bf16 holds every MLX file exactly and is what MLX files store; fp32 only when asked for.
     dtype = torch.float32 if args.format == "moshi" and args.dtype == "float32" else torch.bfloat16
-    lm = load_lm(lm_path, config=args.config or repo_config, device="cpu", dtype=dtype)
-    path = save_checkpoint(lm, output, args.format, tokenizer, mimi, dtype=dtype, progress=not args.quiet)
+    with stage_bar(2, "convert", args.quiet) as on_stage:
+        on_stage(f"loading {lm_path.name}")
+        lm = load_lm(lm_path, config=args.config or repo_config, device="cpu", dtype=dtype)
+        on_stage(f"writing {output} ({args.format})")
+        with folder_output(output, CONVERT, args.overwrite, protect=inputs) as work:
+            path = output / save_checkpoint(lm, work, args.format, tokenizer, mimi, dtype=dtype,
+                                            progress=not args.quiet).name
     missing = [what for what, found in (("tokenizer", tokenizer), ("Mimi", mimi)) if found is None]
     if missing:
         warnings.warn(f"no {' or '.join(missing)} found to copy; pass --tokenizer / --mimi-weight", stacklevel=1)

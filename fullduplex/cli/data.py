@@ -94,7 +94,9 @@ def register(subparsers: Any) -> None:
     )
     prep.add_argument("manifest", metavar="MANIFEST", help="jsonl manifest: {\"path\", \"duration\"} per line")
     prep.add_argument("--tokenizer", required=True, metavar="TOK.model", help="SentencePiece model of the LM's text")
-    prep.add_argument("--output", "-o", required=True, metavar="DIR", help="new folder for the shards")
+    prep.add_argument("--output", "-o", required=True, metavar="DIR", help="new (or empty) folder for the shards")
+    prep.add_argument("--overwrite", action="store_true",
+                      help="replace DIR when it holds a previous `data prepare` output (and nothing else)")
     prep.add_argument("--alignments", metavar="DIR",
                       help="folder of alignments (same relative paths as the audio under the manifest's folder; "
                       "default: <audio stem>.json beside each audio file)")
@@ -117,7 +119,9 @@ def register(subparsers: Any) -> None:
     )
     syn.add_argument("--lang", required=True, choices=("en", "hi", "ja"), help="language of the dialogues")
     syn.add_argument("--dialogues", required=True, type=positive_int, metavar="N", help="how many conversations")
-    syn.add_argument("--output", "-o", required=True, metavar="DIR", help="new folder for the corpus")
+    syn.add_argument("--output", "-o", required=True, metavar="DIR", help="new (or empty) folder for the corpus")
+    syn.add_argument("--overwrite", action="store_true",
+                     help="replace DIR when it holds a previous `data synth` corpus (and nothing else)")
     syn.add_argument("--seed", type=int, default=0, help="random seed of the scripts and timings (default: 0)")
     syn.add_argument("--voices", metavar="LEFT,RIGHT",
                      help="two espeak-ng voices, e.g. en-us+m3,en-gb-x-rp+f3 (default per language: "
@@ -153,11 +157,12 @@ def annotate_command(args: argparse.Namespace) -> int:
 
 def prepare_command(args: argparse.Namespace) -> int:
     from .. import __version__
-    from ..data.prepare import PrepareOptions, check_output_folder, prepare
+    from ..atomic import check_output_folder
+    from ..data.prepare import PREPARED, PrepareOptions, prepare
     from ..text.tokenizer import TextTokenizer
 
     output = Path(args.output)
-    check_output_folder(output)
+    check_output_folder(output, PREPARED, args.overwrite, protect=(Path(args.manifest),))
     resolve_device(args.device)
     tokenizer = TextTokenizer.load(args.tokenizer)
     mimi, weight = load_mimi_from_args(args, num_codebooks=1)
@@ -170,7 +175,8 @@ def prepare_command(args: argparse.Namespace) -> int:
     )
     meta = {"tokenizer": tokenizer.path.name if tokenizer.path else None, "mimi": weight.name,
             "fullduplex_version": __version__}
-    report = prepare(args.manifest, mimi, tokenizer, output, options, meta=meta, quiet=args.quiet)
+    report = prepare(args.manifest, mimi, tokenizer, output, options, meta=meta, quiet=args.quiet,
+                     overwrite=args.overwrite)
     for problem in report.skipped:
         print(f"warning: skipped {problem}", file=sys.stderr)
     print(report.summary())
@@ -179,14 +185,15 @@ def prepare_command(args: argparse.Namespace) -> int:
 
 
 def synth_command(args: argparse.Namespace) -> int:
-    from ..data.prepare import check_output_folder
-    from ..data.synth import SynthConfig, resolve_voices, synthesize_corpus
+    from ..atomic import check_output_folder
+    from ..data.synth import SYNTH, SynthConfig, resolve_voices, synthesize_corpus
 
     output = Path(args.output)
-    check_output_folder(output)
+    check_output_folder(output, SYNTH, args.overwrite)
     config = SynthConfig(sample_rate=args.sample_rate)
     voices = resolve_voices(args.lang, args.voices)
-    report = synthesize_corpus(args.lang, args.dialogues, output, args.seed, voices, config, args.quiet)
+    report = synthesize_corpus(args.lang, args.dialogues, output, args.seed, voices, config, args.quiet,
+                               overwrite=args.overwrite)
     print(report.summary())
     print(f"wrote {output / 'manifest.jsonl'}")
     return 0

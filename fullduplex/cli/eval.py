@@ -122,6 +122,7 @@ def register(subparsers: Any) -> None:
     )
     turns.add_argument("inputs", nargs="+", metavar="DIALOGUE", help="stereo audio files, or folders of them")
     turns.add_argument("--output", "-o", required=True, metavar="DIR", help="report folder (created if needed)")
+    turns.add_argument("--overwrite", action="store_true", help="replace the files of a previous report in DIR")
     turns.add_argument("--min-silence", type=_non_negative_float, default=0.2, metavar="S",
                        help="the shortest silence that ends an IPU, seconds (default: 0.2, as dGSLM)")
     turns.add_argument("--backchannel-max", type=_non_negative_float, default=1.0, metavar="S",
@@ -136,6 +137,7 @@ def register(subparsers: Any) -> None:
     )
     codec.add_argument("inputs", nargs="+", metavar="AUDIO", help="audio files (any format and rate), or folders")
     codec.add_argument("--output", "-o", required=True, metavar="DIR", help="report folder (created if needed)")
+    codec.add_argument("--overwrite", action="store_true", help="replace the files of a previous report in DIR")
     codec.add_argument("--codebooks", type=positive_int, nargs="+", default=[8], metavar="K",
                        help="codebook counts to score (default: 8, as Moshi); e.g. --codebooks 8 16 32")
     codec.add_argument("--max-lag-ms", type=_non_negative_float, default=100.0, metavar="MS",
@@ -152,6 +154,7 @@ def register(subparsers: Any) -> None:
                          "(default: ws://127.0.0.1:8998/api/chat; same forms as `fullduplex client`)")
     latency.add_argument("--input", "-i", required=True, metavar="USER.wav", help="the user's side: an audio file")
     latency.add_argument("--output", "-o", required=True, metavar="DIR", help="report folder (created if needed)")
+    latency.add_argument("--overwrite", action="store_true", help="replace the files of a previous report in DIR")
     latency.add_argument("--sessions", type=positive_int, default=1, metavar="N",
                          help="conversations at once, each sending the input (default: 1)")
     latency.add_argument("--fast", action="store_true",
@@ -184,7 +187,7 @@ def turns_command(args: argparse.Namespace) -> int:
     from ..eval.dialogue import analyse_file, find_audio_files
 
     out = Path(args.output)
-    check_report_folder(out)
+    check_report_folder(out, args.overwrite)
     settings = vad_from_args(args)
     paths = find_audio_files(args.inputs)
     if not paths:
@@ -225,7 +228,7 @@ def turns_command(args: argparse.Namespace) -> int:
     files["histograms.png"] = lambda tmp: plots.histograms(
         {"gap": pooled_gaps, "overlap": pooled_overlaps}, tmp, f"{len(results)} file(s), pooled")
     files["report.md"] = lambda tmp: write_text(tmp, _turns_markdown(report, timelines))
-    for target in write_report(out, files):
+    for target in write_report(out, files, args.overwrite):
         print(f"wrote {target}")
     return 0
 
@@ -276,7 +279,7 @@ def codec_command(args: argparse.Namespace) -> int:
     from ..eval.dialogue import find_audio_files
 
     out = Path(args.output)
-    check_report_folder(out)
+    check_report_folder(out, args.overwrite)
     paths = find_audio_files(args.inputs)
     if not paths:
         raise FullduplexError(f"no audio files in {', '.join(args.inputs)}")
@@ -326,7 +329,7 @@ def codec_command(args: argparse.Namespace) -> int:
         "codec.png": lambda tmp: plots.metric_bars(means, tmp, f"{weight.name}: mean over {len(results)} file(s)"),
         "report.md": lambda tmp: write_text(tmp, _codec_markdown(report)),
     }
-    for target in write_report(out, files):
+    for target in write_report(out, files, args.overwrite):
         print(f"wrote {target}")
     return 0
 
@@ -376,7 +379,7 @@ def latency_command(args: argparse.Namespace) -> int:
     from .client import FRAME, SAMPLE_RATE, Conversation, chat_url, converse
 
     out = Path(args.output)
-    check_report_folder(out)
+    check_report_folder(out, args.overwrite)
     url = chat_url(args.url)
     user_vad = vad_from_args(args)
     reply_vad = VadSettings(args.reply_vad, threshold=args.threshold, aggressiveness=args.aggressiveness,
@@ -444,7 +447,7 @@ def latency_command(args: argparse.Namespace) -> int:
         files[f"session-{i}.wav"] = lambda tmp, c=c: write_stereo_wav(
             tmp, torch.from_numpy(np.stack([c.left, pcm])), SAMPLE_RATE)
     files["report.md"] = lambda tmp: write_text(tmp, _latency_markdown(report))
-    for target in write_report(out, files):
+    for target in write_report(out, files, args.overwrite):
         print(f"wrote {target}")
     return 0
 

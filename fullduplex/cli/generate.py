@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from ..atomic import publish, temporary_beside
+from ..atomic import check_file_targets, publish, temporary_beside
 from ..checkpoint.resolve import DEFAULT_REPO
 from ..codec.config import MimiConfig
 from ..errors import FullduplexError
@@ -111,6 +111,8 @@ def register(subparsers: Any) -> None:
     io.add_argument("--output", "-o", metavar="OUT", help="stereo WAV file (one input) or folder (see below)")
     io.add_argument("--transcript", metavar="OUT.json", help="the model's words with times: JSON file or folder")
     io.add_argument("--tokens-out", metavar="OUT.safetensors", help="the generated text and audio tokens")
+    io.add_argument("--overwrite", action="store_true",
+                    help="replace files of the same names in an output folder (a file you name is always replaced)")
     add_persona_arguments(parser)
     run = add_model_arguments(parser, seed_help="random seed, per batch (default: 4242)")
     run.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="inputs run together (default: 8)")
@@ -128,6 +130,7 @@ def plan_outputs(args: argparse.Namespace) -> Plan:
         twice = sorted({n for n in names if names.count(n) > 1})
         raise FullduplexError(f"several inputs are named {twice[0]!r}; their outputs would collide, rename them")
     plan = Plan(names)
+    in_folders: list[Path] = []  # outputs named by this command inside a folder the user gave
     if args.output:
         out = Path(args.output)
         if out.suffix.lower() == ".wav" and not out.is_dir():
@@ -136,14 +139,18 @@ def plan_outputs(args: argparse.Namespace) -> Plan:
             plan.wavs = [_file_target(out, "--output", plan)]
         else:
             plan.wavs = [_folder_target(out, "--output", plan) / f"{n}.wav" for n in names]
+            in_folders += plan.wavs
     if args.transcript:
         out = Path(args.transcript)
         if out.suffix.lower() == ".json" and not out.is_dir():
             plan.transcript_file = _file_target(out, "--transcript", plan)
         else:
             plan.transcripts = [_folder_target(out, "--transcript", plan) / f"{n}.json" for n in names]
+            in_folders += plan.transcripts
     if args.tokens_out:
         plan.tokens = _file_target(Path(args.tokens_out), "--tokens-out", plan)
+    # In an output folder, a file of the same name is a previous run's (or the user's): replaced only when asked.
+    check_file_targets(in_folders, args.overwrite, "generate output")
     given = {p.resolve() for p in inputs}
     targets = [*plan.wavs, *plan.transcripts, *filter(None, (plan.transcript_file, plan.tokens))]
     for target in targets:

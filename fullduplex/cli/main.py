@@ -8,6 +8,10 @@ subparser and sets ``func`` (``args -> int`` exit status) as a default. :func:`m
 turns user-facing errors (:class:`~fullduplex.errors.FullduplexError`, ``ValueError``, ``OSError``) into one line
 ``error: <message>`` on stderr with exit status 2; usage errors exit 2 as argparse does. Warnings print as
 ``warning: <message>`` lines.
+
+Two options mean the same in every command and are accepted anywhere, before or after the (sub)command name:
+``--traceback`` (on an error, the full Python traceback instead of the one line) and ``--quiet`` / ``-q`` (no
+progress bars; results, warnings and errors still print).
 """
 
 from __future__ import annotations
@@ -54,13 +58,43 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fullduplex", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"fullduplex {version()}")
-    parser.add_argument(
-        "--traceback", action="store_true", help="on an error, show the full Python traceback (for bug reports)"
-    )
+    for flags, help in GLOBAL_OPTIONS:
+        parser.add_argument(*flags, action="store_true", help=help)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         importlib.import_module(name).register(subparsers)
+    for sub in _subparsers(parser):
+        _accept_global_options(sub)
     return parser
+
+
+GLOBAL_OPTIONS = (
+    (("--traceback",), "on an error, show the full Python traceback (for bug reports)"),
+    (("--quiet", "-q"), "no progress bars (results, warnings and errors still print)"),
+)
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every subparser below ``parser``, at any depth (``eval turns``, ``data prepare``, ...)."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+                found += [sub, *_subparsers(sub)]
+    return found
+
+
+def _accept_global_options(parser: argparse.ArgumentParser) -> None:
+    """Let ``parser`` take the global options too. Their default is SUPPRESS there, so an option given before the
+    command name is not reset by the subcommand's default (argparse copies a subparser's defaults over the
+    parent's values)."""
+    for flags, help in GLOBAL_OPTIONS:
+        own = parser._option_string_actions.get(flags[0])
+        if own is not None:  # the command declares it itself (same meaning: checked by the CLI tests)
+            own.default = argparse.SUPPRESS
+            continue
+        free = [f for f in flags if f not in parser._option_string_actions]
+        parser.add_argument(*free, dest=flags[0][2:], action="store_true", default=argparse.SUPPRESS, help=help)
 
 
 def one_line(error: BaseException) -> str:

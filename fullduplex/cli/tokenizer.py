@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..atomic import publish
+from ..atomic import check_file_targets, publish
 from ..errors import FullduplexError
 from ..text.coverage import measure_coverage
 from ..text.tokenizer import TextTokenizer
@@ -80,7 +80,8 @@ def register(subparsers: Any) -> None:
         "--threads", type=positive_int, default=min(16, os.cpu_count() or 1), metavar="N",
         help="training threads (default: the CPU count, at most 16)",
     )
-    train.add_argument("--force", action="store_true", help=f"replace an existing DIR/{MODEL_NAME}")
+    train.add_argument("--overwrite", "--force", action="store_true", dest="overwrite",
+                       help=f"replace an existing DIR/{MODEL_NAME} and DIR/{VOCAB_NAME} (other files stay)")
     train.add_argument("--json", action="store_true", help="print the coverage report as one JSON object")
     train.set_defaults(func=train_command)
 
@@ -138,8 +139,7 @@ def train_command(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise FullduplexError(f"--output {out} is a file; give a folder")
     targets = (out / MODEL_NAME, out / VOCAB_NAME)
-    if targets[0].exists() and not args.force:
-        raise FullduplexError(f"{targets[0]} already exists; pass --force to replace it")
+    check_file_targets(targets, args.overwrite, "tokenizer")
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     prefix = out / f".tokenizer.{os.getpid()}.tmp"

@@ -30,7 +30,10 @@ examples:
   fullduplex export runs/lora --output models/lora --keep-lora       # base + lora.safetensors
   fullduplex export runs/hindi --output models/hindi-mlx --format mlx-q8 --mimi-weight mimi.safetensors
   fullduplex export --lora-weight lora.safetensors --hf-repo kyutai/moshiko-pytorch-bf16 --output models/ft
+  fullduplex export runs/hindi --output models/hindi --checkpoint last --overwrite   # replace an earlier export
 
+DIR must be new or empty. A folder holding a previous export (its config.json names every file in it) is
+replaced only with --overwrite; any other folder, or one holding the run itself, is refused and left untouched.
 The folder holds model.safetensors (released key format), config.json and the tokenizer: pass it to
 `fullduplex serve --moshi-weight DIR`, `fd.load_lm(DIR)`, or moshi's `--moshi-weight DIR/model.safetensors
 --config-path DIR/config.json`.
@@ -46,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("config", metavar="CONFIG.yaml", help="the recipe: native, or moshi-finetune's (moshi_7B.yaml)")
     p.add_argument("--override", "-o", action="append", default=[], metavar="KEY=VALUE",
                    help="change one field, e.g. optim.max_steps=200 (repeatable; values are YAML)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (metrics.jsonl is always written)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar, as --quiet (metrics.jsonl is always written)")
     p.set_defaults(func=run_train)
 
     e = subparsers.add_parser(
@@ -55,7 +58,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     e.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="run.output folder of `fullduplex train`")
-    e.add_argument("--output", required=True, metavar="DIR", help="folder to write (replaced atomically)")
+    e.add_argument("--output", required=True, metavar="DIR",
+                   help="folder to write: new or empty (built beside it, then renamed into place)")
+    e.add_argument("--overwrite", action="store_true",
+                   help="replace DIR when it holds a previous export (and nothing else); never the run's own folder")
     e.add_argument("--checkpoint", default="best", metavar="best|last|STEP",
                    help="which checkpoint: lowest validation loss (default), the latest, or a step")
     e.add_argument("--keep-lora", action="store_true",
@@ -89,10 +95,10 @@ def run_train(args: argparse.Namespace) -> int:
 
     raw = read_recipe(args.config, args.override)
     if is_moshi_finetune(raw):  # kyutai-labs/moshi-finetune's YAML: translated, its data prepared once
-        cfg = from_moshi_finetune(args.config, raw, quiet=args.no_progress)
+        cfg = from_moshi_finetune(args.config, raw, quiet=args.no_progress or args.quiet)
     else:
         cfg = load_config(args.config, args.override)
-    result = train(cfg, progress=not args.no_progress)
+    result = train(cfg, progress=not (args.no_progress or args.quiet))
     import os
 
     if os.environ.get("RANK", "0") == "0":
@@ -107,7 +113,7 @@ def run_train_codec(args: argparse.Namespace) -> int:
     from ..train.codec import load_codec_config, train_codec
 
     cfg = load_codec_config(args.config, args.override)
-    result = train_codec(cfg, progress=not args.no_progress)
+    result = train_codec(cfg, progress=not (args.no_progress or args.quiet))
     last = result.losses.get(result.last_step)
     resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from is not None else ""
     loss = f", last loss {last:.4f}" if last is not None else ""
@@ -120,17 +126,21 @@ def run_export(args: argparse.Namespace) -> int:
     import torch
 
     from ..errors import FullduplexError
-    from ..train.export import export_lora_weight, export_run
+    from ..train.export import STAGES, export_lora_weight, export_run
+    from .stages import stage_bar
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(args.dtype or "")
     if (args.run_dir is None) == (args.lora_weight is None):
         raise FullduplexError("export needs either RUN_DIR or --lora-weight FILE (not both)")
     if args.lora_weight is not None:
-        out = export_lora_weight(args.lora_weight, args.output, args.moshi_weight, args.hf_repo, args.config,
-                                 args.tokenizer, args.lora_scaling, dtype, fmt=args.format, mimi=args.mimi_weight)
+        with stage_bar(STAGES, "export", args.quiet) as on_stage:
+            out = export_lora_weight(args.lora_weight, args.output, args.moshi_weight, args.hf_repo, args.config,
+                                     args.tokenizer, args.lora_scaling, dtype, fmt=args.format, mimi=args.mimi_weight,
+                                     overwrite=args.overwrite, on_stage=on_stage)
         print(f"wrote {out} (adapters of {args.lora_weight} folded in)")
         return 0
-    out, step = export_run(args.run_dir, args.output, args.checkpoint, args.keep_lora, dtype, fmt=args.format,
-                           mimi=args.mimi_weight)
+    with stage_bar(STAGES, "export", args.quiet) as on_stage:
+        out, step = export_run(args.run_dir, args.output, args.checkpoint, args.keep_lora, dtype, fmt=args.format,
+                               mimi=args.mimi_weight, overwrite=args.overwrite, on_stage=on_stage)
     print(f"wrote {out} from step {step} of {args.run_dir}")
     return 0

@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +26,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from ..atomic import OutputKind, check_output_folder, folder_output
 from ..codec.mimi import Mimi
 from ..errors import FullduplexError
 from ..text.tokenizer import FRAME_RATE, TextTokenizer
@@ -157,30 +155,18 @@ def conversation_items(
     return items, stats, seconds
 
 
-def check_output_folder(output: Path) -> None:
-    """The output must be a new or empty folder whose parent exists."""
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise FullduplexError(f"output {output} exists and is not an empty folder; give a new folder")
-    if not output.parent.is_dir():
-        raise FullduplexError(f"output folder's parent {output.parent} does not exist")
+def _prepared_files(folder: Path) -> set[str] | None:
+    """The files of a shards folder written by :func:`prepare`, as its ``index.json`` lists them."""
+    try:
+        index = json.loads((folder / INDEX_NAME).read_text(encoding="utf-8"))
+        if index.get("format") != FORMAT:
+            return None
+        return {INDEX_NAME, REPORT_NAME, *(str(shard["file"]) for shard in index["shards"])}
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return None
 
 
-def staging_folder(output: Path) -> Path:
-    """A new private folder beside ``output`` to build it in; :func:`publish_folder` puts it in place."""
-    return Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
-
-
-def publish_folder(work: Path, output: Path) -> None:
-    """Give ``work`` and its files the permissions a plain mkdir / open would (``mkdtemp`` makes it private),
-    then rename it to ``output`` (new, or empty as :func:`check_output_folder` made sure)."""
-    mask = current_umask()
-    os.chmod(work, 0o777 & ~mask)
-    for path in work.iterdir():
-        if path.is_file():
-            os.chmod(path, 0o666 & ~mask)
-    if output.is_dir():
-        output.rmdir()
-    os.replace(work, output)
+PREPARED = OutputKind("fullduplex data prepare", _prepared_files)
 
 
 def prepare(
@@ -191,17 +177,19 @@ def prepare(
     options: PrepareOptions | None = None,
     meta: dict[str, Any] | None = None,
     quiet: bool = False,
+    overwrite: bool = False,
 ) -> PrepareReport:
-    """Prepare every conversation of ``manifest`` into shards in ``output`` (a new or empty folder), with
-    ``index.json`` and ``report.json``. ``meta`` is added to every shard's meta. Raises :class:`DataError` when
-    no conversation could be used (nothing is written then)."""
+    """Prepare every conversation of ``manifest`` into shards in ``output`` (a new or empty folder, or with
+    ``overwrite`` a previous output of this function), with ``index.json`` and ``report.json``. ``meta`` is added
+    to every shard's meta. Raises :class:`DataError` when no conversation could be used (nothing is written
+    then)."""
     options = options or PrepareOptions()
     if mimi.num_codebooks != NUM_CODEBOOKS:
         raise FullduplexError(f"Mimi must give {NUM_CODEBOOKS} codebooks per channel, it gives {mimi.num_codebooks}")
     if options.shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {options.shard_size}")
     manifest, output = Path(manifest), Path(output)
-    check_output_folder(output)
+    check_output_folder(output, PREPARED, overwrite, protect=(manifest,))
     entries, problems = read_manifest(manifest)
     report = PrepareReport(str(manifest), options, skipped=list(problems))
     shard_meta = {
@@ -212,8 +200,7 @@ def prepare(
         "spaced": options.spaced,
         **(meta or {}),
     }
-    work = staging_folder(output)
-    try:
+    with folder_output(output, PREPARED, overwrite, protect=(manifest,)) as work:
         pending: list[dict[str, Any]] = []
 
         def flush() -> None:
@@ -262,14 +249,5 @@ def prepare(
         (work / INDEX_NAME).write_text(json.dumps(index, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         (work / REPORT_NAME).write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n",
                                         encoding="utf-8")
-        publish_folder(work, output)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return report
 
-
-def current_umask() -> int:
-    """The process's umask (read by setting and restoring it): what a folder made by ``tempfile`` lacks."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..atomic import OutputKind, check_output_folder, folder_output
 from ..codec.audio import resample
 from ..errors import FullduplexError
 from .dialogues import LANGUAGES, Script, Token, plan
@@ -45,6 +46,22 @@ SILENCE_LEVEL = 0.01  # |sample| below this (-40 dBFS) is silence when a word's 
 MANIFEST_NAME = "manifest.jsonl"
 TRANSCRIPT_NAME = "transcripts.txt"
 INFO_NAME = "synth.json"
+
+
+def _synth_files(folder: Path) -> set[str] | None:
+    """The files of a corpus folder written by :func:`synthesize_corpus`, as its manifest lists them."""
+    try:
+        json.loads((folder / INFO_NAME).read_text(encoding="utf-8"))
+        names = {INFO_NAME, MANIFEST_NAME, TRANSCRIPT_NAME}
+        for line in (folder / MANIFEST_NAME).read_text(encoding="utf-8").splitlines():
+            wav = str(json.loads(line)["path"])
+            names |= {wav, wav.removesuffix(".wav") + ".json"}
+        return names
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+SYNTH = OutputKind("fullduplex data synth", _synth_files)
 INSTALL_HINT = "install it: apt-get install espeak-ng (macOS: brew install espeak-ng)"
 
 
@@ -351,23 +368,21 @@ class SynthReport:
 
 def synthesize_corpus(language: str, dialogues: int, output: str | os.PathLike[str], seed: int = 0,
                       voices: tuple[Voice, Voice] | None = None, config: SynthConfig | None = None,
-                      quiet: bool = False) -> SynthReport:
-    """Write ``dialogues`` conversations to ``output`` (a new or empty folder): ``{lang}-NNNNN.wav`` (stereo) and
+                      quiet: bool = False, overwrite: bool = False) -> SynthReport:
+    """Write ``dialogues`` conversations to ``output`` (a new or empty folder, or with ``overwrite`` a previous
+    output of this function): ``{lang}-NNNNN.wav`` (stereo) and
     ``.json`` (alignments), ``manifest.jsonl``, ``transcripts.txt`` (one turn a line) and ``synth.json`` (settings
     and totals). Built in a temporary folder renamed into place at the end. Same arguments and espeak-ng version →
     byte-identical files."""
-    from .prepare import check_output_folder, publish_folder, staging_folder
-
     config = config or SynthConfig()
     if dialogues < 1:
         raise ValueError(f"dialogues must be at least 1, got {dialogues}")
     output = Path(output)
-    check_output_folder(output)
+    check_output_folder(output, SYNTH, overwrite)
     voices = voices or resolve_voices(language, None)
     words_audio = WordAudio(config.sample_rate, config.step)
     report = SynthReport()
-    work = staging_folder(output)
-    try:
+    with folder_output(output, SYNTH, overwrite) as work:
         manifest, transcripts = [], []
         for index in tqdm(range(dialogues), desc=f"synth {language}", unit="dialogue", file=sys.stderr,
                           disable=True if quiet else None):
@@ -393,7 +408,4 @@ def synthesize_corpus(language: str, dialogues: int, output: str | os.PathLike[s
             "seconds": round(report.seconds, 3), "words": report.words, "events": report.events,
         }
         (work / INFO_NAME).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        publish_folder(work, output)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return report

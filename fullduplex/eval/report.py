@@ -4,7 +4,8 @@
     written = write_report(Path("out"), files)          # [out/report.json, out/timeline.png]
 
 A failure while writing any file removes what was staged (and the folder, if this call created it and it is
-left empty): a report folder never holds half a report. Files already in the folder under other names stay.
+left empty): a report folder never holds half a report. Files already in the folder under other names stay;
+files of the same names (a previous report) are replaced only with ``overwrite`` (``--overwrite``).
 """
 
 from __future__ import annotations
@@ -15,21 +16,25 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..atomic import publish, temporary_beside
+from ..atomic import check_file_targets, publish, temporary_beside
 from ..errors import FullduplexError
 
 
-def check_report_folder(folder: Path) -> None:
-    """Fail before any work when ``folder`` cannot hold a report: it is a file, or its parent is missing."""
+def check_report_folder(folder: Path, overwrite: bool = False) -> None:
+    """Fail before any work when ``folder`` cannot hold a report: it is a file, its parent is missing, or it holds
+    a previous report (``report.json``) and ``overwrite`` is not set."""
+    check_file_targets([folder / "report.json"], overwrite, "report")
     if folder.exists() and not folder.is_dir():
         raise FullduplexError(f"--output {folder} is a file; give a folder for the report")
     if not folder.exists() and not folder.parent.is_dir():
         raise FullduplexError(f"--output: folder {folder.parent} does not exist")
 
 
-def write_report(folder: Path, files: dict[str, Callable[[Path], None]]) -> list[Path]:
+def write_report(folder: Path, files: dict[str, Callable[[Path], None]], overwrite: bool = False) -> list[Path]:
     """Create ``folder`` if needed and write each named file with its writer (given a temporary path); rename all
-    into place once every one succeeded. Returns the written paths, in order."""
+    into place once every one succeeded. An existing file of one of these names is replaced only with
+    ``overwrite``. Returns the written paths, in order."""
+    check_file_targets([folder / name for name in files], overwrite, "report")
     created = not folder.exists()
     folder.mkdir(parents=False, exist_ok=True)
     staged: list[tuple[Path, Path]] = []

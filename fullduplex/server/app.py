@@ -24,11 +24,9 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import math
 import mimetypes
 import sys
 import time
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +38,7 @@ from aiohttp.web_log import AccessLogger
 from ..inference.engine import Engine, EngineFull, Session
 from ..text.tokenizer import TextTokenizer
 from . import protocol
+from .metrics import metrics_text
 from .personas import PersonaError, PersonaLibrary, persona_trained
 from .pool import EnginePool, Lane
 
@@ -489,51 +488,4 @@ class Server:
 
     async def metrics(self, request: web.Request) -> web.Response:
         self._require_auth(request)
-        pool = self.pool
-        cache_bytes, cache_entries, cache_hits, cache_misses = pool.persona_cache()
-        lines = [
-            "# HELP fullduplex_sessions Live conversations.",
-            "# TYPE fullduplex_sessions gauge",
-            f"fullduplex_sessions {pool.active}",
-            f"fullduplex_sessions_max {pool.max_sessions}",
-            "# TYPE fullduplex_steps_total counter",
-            f"fullduplex_steps_total {pool.steps}",
-            "# HELP fullduplex_steps_behind_total Steps that took longer than one frame (80 ms).",
-            "# TYPE fullduplex_steps_behind_total counter",
-            f"fullduplex_steps_behind_total {self.behind}",
-            "# TYPE fullduplex_sessions_refused_total counter",
-            f"fullduplex_sessions_refused_total {self.refused}",
-            "# TYPE fullduplex_session_errors_total counter",
-            f"fullduplex_session_errors_total {self.errors}",
-            "# HELP fullduplex_persona_cache_bytes Prompt cache: bytes held, entries, hits, misses.",
-            f"fullduplex_persona_cache_bytes {cache_bytes}",
-            f"fullduplex_persona_cache_entries {cache_entries}",
-            f"fullduplex_persona_cache_hits_total {cache_hits}",
-            f"fullduplex_persona_cache_misses_total {cache_misses}",
-            "# HELP fullduplex_step_seconds Model step time over the last 1000 steps (of every engine).",
-            "# TYPE fullduplex_step_seconds summary",
-            *quantile_lines("fullduplex_step_seconds", "", pool.step_times),
-            "# HELP fullduplex_engine_sessions Per engine (one per device, --devices): the figures above.",
-        ]
-        labels = [f'engine="{i}",device="{lane.device}"' for i, lane in enumerate(pool.lanes)]
-        for name, kind, value in (("sessions", "gauge", lambda lane: lane.engine.active),
-                                  ("sessions_max", "gauge", lambda lane: lane.engine.max_sessions),
-                                  ("steps_total", "counter", lambda lane: lane.engine.steps),
-                                  ("steps_behind_total", "counter", lambda lane: lane.behind)):
-            lines.append(f"# TYPE fullduplex_engine_{name} {kind}")
-            lines += [f"fullduplex_engine_{name}{{{label}}} {value(lane)}"
-                      for label, lane in zip(labels, pool.lanes, strict=True)]
-        lines.append("# TYPE fullduplex_engine_step_seconds summary")
-        for label, lane in zip(labels, pool.lanes, strict=True):
-            lines += quantile_lines("fullduplex_engine_step_seconds", label + ",", lane.engine.step_times)
-        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
-
-
-def quantile_lines(name: str, labels: str, step_times: Iterable[float]) -> list[str]:
-    """Median, p95 and p99 of ``step_times`` (seconds) as Prometheus summary lines; ``labels`` ends with a comma."""
-    times = sorted(step_times)
-    lines = []
-    for q in (0.5, 0.95, 0.99):
-        value = times[min(len(times) - 1, math.ceil(q * len(times)) - 1)] if times else float("nan")
-        lines.append(f'{name}{{{labels}quantile="{q}"}} {value:.6f}')
-    return lines
+        return web.Response(text=metrics_text(self), content_type="text/plain")

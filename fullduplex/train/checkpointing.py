@@ -8,8 +8,8 @@
 - ``state.json``: step, validation position, best validation loss so far, world size, scheduler state;
 - ``rng.pt``: per rank, the torch (CPU and CUDA), Python and NumPy generator states.
 
-A checkpoint is written into a hidden temporary folder and renamed into place, so a kill leaves either the
-whole checkpoint or none. ``RUN/best.json`` names the step with the lowest validation loss; that step is never
+A checkpoint is written into a hidden temporary folder, flushed to disk (files, then the folder) and renamed into
+place, so a kill or a power cut leaves either the whole checkpoint or none. ``RUN/best.json`` names the step with the lowest validation loss; that step is never
 pruned.
 """
 
@@ -25,10 +25,30 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..atomic import atomic_output
+from ..atomic import OutputKind, atomic_output, check_output_folder, fsync_dir, fsync_tree
 
 CHECKPOINTS = "checkpoints"
 BEST = "best.json"
+# What `fullduplex train` writes in run.output (the LM and the codec recipes; the loss curve and TensorBoard
+# logs when their libraries are installed).
+RUN_FILES = frozenset({"config.json", "metrics.jsonl", CHECKPOINTS, BEST, "tensorboard", "loss.png",
+                       "mimi.safetensors", "mimi_config.json"})
+
+
+def _run_files(folder: Path) -> set[str] | None:
+    if not (folder / "config.json").is_file():
+        return None
+    # .NAME.XXXX.tmp: what a kill during an atomic write leaves (see atomic.temporary_beside)
+    return set(RUN_FILES) | {p.name for p in folder.glob(".*.tmp")}
+
+
+RUN = OutputKind("fullduplex train", _run_files)
+
+
+def check_run_dir(run_dir: Path) -> bool:
+    """Refuse a ``run.output`` that holds anything but a training run's files (nothing is written or deleted
+    then); returns True when it holds a previous run, which the caller resumes."""
+    return check_output_folder(run_dir, RUN, overwrite=True, option="run.output")
 
 
 def step_dir(run_dir: Path, step: int) -> Path:
@@ -77,8 +97,10 @@ def save_checkpoint(
         torch.save(optimizer, tmp / "optimizer.pt")
         torch.save(rngs, tmp / "rng.pt")
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
+        fsync_tree(tmp)
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
+        fsync_dir(final.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final

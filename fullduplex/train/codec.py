@@ -36,7 +36,7 @@ from ..codec.quantizer import EmaSettings
 from ..errors import FullduplexError
 from . import checkpointing as ckpt
 from .config import ConfigError, _build, parse_override, read_recipe
-from .recipe import METRICS, _append_metrics, _trim_metrics, seed_everything
+from .recipe import METRICS, _append_metrics, _trim_metrics, draw_loss_curve, seed_everything
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 EMA_PREFIX = "quantizer_ema."
@@ -375,6 +375,7 @@ def train_codec(cfg: CodecTrainConfig, stop_after: int | None = None, progress: 
         torch.set_num_threads(cfg.run.threads)
     device = torch.device(cfg.run.device if cfg.run.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     run_dir = Path(cfg.run.output)
+    ckpt.check_run_dir(run_dir)
     metrics_path = run_dir / METRICS
     seed_everything(cfg.run.seed)
     mimi = build_codec(cfg)
@@ -473,6 +474,7 @@ def train_codec(cfg: CodecTrainConfig, stop_after: int | None = None, progress: 
             save(step)
     if bar is not None:
         bar.close()
+    draw_loss_curve(run_dir, metrics_path)
     result.last_step = step
     if step == cfg.optim.max_steps and (stop_after is None or step < stop_after):
         result.exported = export_codec(run_dir, mimi.config)

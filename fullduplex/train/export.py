@@ -10,14 +10,15 @@ base weights stay unmerged and the adapters go to ``lora.safetensors`` in moshi-
 from __future__ import annotations
 
 import json
-import shutil
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file
 
-from ..checkpoint.convert import FORMATS, save_checkpoint
+from ..atomic import check_output_folder, folder_output
+from ..checkpoint.convert import FORMATS, checkpoint_folder, save_checkpoint
 from ..checkpoint.lm import load_lm, resolve_lm
 from ..checkpoint.lora import apply_lora_file, ours_to_released_module
 from ..checkpoint.mlx import check_mlx_compatible
@@ -29,6 +30,8 @@ from .config import load_config
 from .lora import apply_lora, merge_lora
 
 LORA_NAME = "lora.safetensors"
+EXPORT = checkpoint_folder("fullduplex export")
+STAGES = 3  # on_stage calls of an export: base model, trained weights, writing (for a progress bar's total)
 
 
 def pick_checkpoint(run_dir: Path, which: str) -> int:
@@ -48,10 +51,17 @@ def pick_checkpoint(run_dir: Path, which: str) -> int:
     return int(which)
 
 
+def _inputs(*paths: str | Path | None) -> tuple[Path, ...]:
+    """The local files and folders among ``paths`` (an output folder must never hold one of them)."""
+    return tuple(Path(p) for p in paths if p is not None and not str(p).startswith("hf://") and Path(p).exists())
+
+
 def _finish(model: LMModel, output: Path, tokenizer: str | None, extra: dict[str, Any], dtype: torch.dtype | None,
-            lora: dict[str, torch.Tensor] | None = None, fmt: str = "moshi", mimi: str | Path | None = None) -> Path:
-    """Write the folder under a temporary name, then rename it into place. ``fmt``: ``moshi`` (the released
-    PyTorch layout) or an MLX format (``mlx-bf16`` / ``mlx-q8`` / ``mlx-q4``, see :func:`save_checkpoint`)."""
+            lora: dict[str, torch.Tensor] | None = None, fmt: str = "moshi", mimi: str | Path | None = None,
+            overwrite: bool = False, protect: Iterable[Path] = (), on_stage: Callable[[str], None] | None = None) -> Path:
+    """Write the folder under a temporary name, then rename it into place (replacing a previous export only
+    with ``overwrite``; never a folder holding one of ``protect``). ``fmt``: ``moshi`` (the released PyTorch
+    layout) or an MLX format (``mlx-bf16`` / ``mlx-q8`` / ``mlx-q4``, see :func:`save_checkpoint`)."""
     if fmt not in FORMATS:
         raise FullduplexError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if fmt != "moshi" and lora is not None:
@@ -66,35 +76,33 @@ def _finish(model: LMModel, output: Path, tokenizer: str | None, extra: dict[str
     if tokenizer is not None and not Path(tokenizer).is_file():
         raise FullduplexError(f"tokenizer {tokenizer} not found")
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.parent / f".{output.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        save_checkpoint(model, tmp, fmt, tokenizer=tokenizer, mimi=mimi, dtype=dtype)
+    if on_stage is not None:
+        on_stage(f"writing {output}")
+    with folder_output(output, EXPORT, overwrite, (*protect, *_inputs(tokenizer, mimi))) as work:
+        save_checkpoint(model, work, fmt, tokenizer=tokenizer, mimi=mimi, dtype=dtype)
         if lora is not None:
-            write_safetensors(lora, tmp / LORA_NAME)
+            write_safetensors(lora, work / LORA_NAME)
         if extra:
-            config = json.loads((tmp / "config.json").read_text()) | extra
-            (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        if output.exists():
-            shutil.rmtree(output)
-        tmp.rename(output)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            config = json.loads((work / "config.json").read_text()) | extra
+            (work / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return output
 
 
 def export_run(run_dir: str | Path, output: str | Path, checkpoint: str = "best", keep_lora: bool = False,
-               dtype: torch.dtype | None = None, fmt: str = "moshi", mimi: str | Path | None = None) -> tuple[Path, int]:
+               dtype: torch.dtype | None = None, fmt: str = "moshi", mimi: str | Path | None = None,
+               overwrite: bool = False, on_stage: Callable[[str], None] | None = None) -> tuple[Path, int]:
     """Export checkpoint ``checkpoint`` of a training run in ``fmt``, with a copy of ``mimi`` when given;
-    returns (folder, step)."""
+    returns (folder, step). ``output`` must be new, empty, or (with ``overwrite``) a previous export; it may never
+    hold ``run_dir``. ``on_stage(description)`` is called as each of the :data:`STAGES` stages starts."""
     run_dir = Path(run_dir)
+    check_output_folder(Path(output), EXPORT, overwrite, protect=(run_dir,))
     config_path = run_dir / "config.json"
     if not config_path.is_file():
         raise FullduplexError(f"{run_dir}: no config.json; is this a `fullduplex train` run.output folder?")
     cfg = load_config(None, raw=json.loads(config_path.read_text()), check_paths=False)
     step = pick_checkpoint(run_dir, checkpoint)
+    stage = on_stage or (lambda _: None)
+    stage("loading the base model")
     trainable = load_file(str(ckpt.step_dir(run_dir, step) / "trainable.safetensors"))
     if cfg.model.from_scratch:
         from .recipe import scratch_model
@@ -103,17 +111,20 @@ def export_run(run_dir: str | Path, output: str | Path, checkpoint: str = "best"
     else:
         path, repo_config = resolve_lm(cfg.model.checkpoint, cfg.model.hf_repo)
         model = load_lm(path, config=cfg.model.config or repo_config, device="cpu", dtype=torch.float32)
+    keep = {"fmt": fmt, "mimi": mimi, "overwrite": overwrite, "protect": (run_dir, *_inputs(cfg.model.checkpoint)),
+            "on_stage": on_stage}
+    stage(f"applying step {step}" + (" and folding LoRA in" if cfg.lora.enabled and not keep_lora else ""))
     if not cfg.lora.enabled:
         model.load_state_dict(trainable)
-        return _finish(model, output, cfg.model.tokenizer, {}, dtype, fmt=fmt, mimi=mimi), step
+        return _finish(model, output, cfg.model.tokenizer, {}, dtype, **keep), step
     apply_lora(model, cfg.lora.rank, cfg.lora.scaling, cfg.lora.target_modules)
     model.load_state_dict(trainable, strict=False)
     if not keep_lora:
-        return _finish(merge_lora(model), output, cfg.model.tokenizer, {}, dtype, fmt=fmt, mimi=mimi), step
+        return _finish(merge_lora(model), output, cfg.model.tokenizer, {}, dtype, **keep), step
     lora = released_adapters(model, cfg.lora.rank)
     base = merge_lora(_zero_adapters(model))
     extra = {"lora": True, "lora_rank": cfg.lora.rank, "lora_scaling": cfg.lora.scaling, "lora_name": LORA_NAME}
-    return _finish(base, output, cfg.model.tokenizer, extra, dtype, lora=lora, fmt=fmt, mimi=mimi), step
+    return _finish(base, output, cfg.model.tokenizer, extra, dtype, lora=lora, **keep), step
 
 
 def _zero_adapters(model: torch.nn.Module) -> torch.nn.Module:
@@ -162,14 +173,21 @@ def _reference_linears(model: LMModel) -> list[str]:
 def export_lora_weight(lora_weight: str | Path, output: str | Path, moshi_weight: str | None = None,
                        hf_repo: str | None = None, config: str | None = None, tokenizer: str | None = None,
                        scaling: float | None = None, dtype: torch.dtype | None = None, fmt: str = "moshi",
-                       mimi: str | Path | None = None) -> Path:
+                       mimi: str | Path | None = None, overwrite: bool = False,
+                       on_stage: Callable[[str], None] | None = None) -> Path:
     """Fold moshi-finetune adapters into their base model and export. ``scaling``: default ``lora_scaling`` of
     the ``config.json`` beside the adapters, else 2.0 (moshi-finetune's default)."""
     lora_weight = Path(lora_weight)
+    protect = _inputs(lora_weight, moshi_weight, config)
+    check_output_folder(Path(output), EXPORT, overwrite, protect)
+    stage = on_stage or (lambda _: None)
+    stage("loading the base model")
     if scaling is None:
         beside = lora_weight.parent / "config.json"
         scaling = float(json.loads(beside.read_text()).get("lora_scaling", 2.0)) if beside.is_file() else 2.0
     path, repo_config = resolve_lm(moshi_weight, hf_repo)
     model = load_lm(path, config=config or repo_config, device="cpu", dtype=torch.float32)
+    stage(f"folding {lora_weight.name} in")
     apply_lora_file(model, lora_weight, scaling)
-    return _finish(model, output, tokenizer, {}, dtype, fmt=fmt, mimi=mimi)
+    return _finish(model, output, tokenizer, {}, dtype, fmt=fmt, mimi=mimi, overwrite=overwrite,
+                   protect=(*protect, path), on_stage=on_stage)

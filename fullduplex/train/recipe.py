@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -21,8 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..atomic import atomic_output
 from ..checkpoint.lm import load_lm, resolve_lm
 from ..data.shards import ShardDataset
+from ..errors import FullduplexError
 from ..lm.model import LMModel
 from . import checkpointing as ckpt
 from . import distributed as D
@@ -33,6 +36,7 @@ from .loss import combine, loss_parts, target_weights
 
 DEPTH_PREFIXES = ("depformer_in.", "depformer_emb.", "depformer_text_emb.", "depformer.", "linears.")
 METRICS = "metrics.jsonl"
+CURVE_EVERY_S = 300.0  # redraw RUN/loss.png at a checkpoint at most this often (and always at the end)
 
 
 @dataclass
@@ -176,11 +180,37 @@ def _append_metrics(path: Path, record: dict[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl``. A torn last line (what a kill during a write leaves) is dropped with a
+    warning; any other unreadable line is an error naming the file and the line."""
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError("not an object with an integer step")
+        except ValueError as e:
+            if number == len(lines):
+                warnings.warn(f"{path}: dropped a torn last line {number} (a run killed while writing it)",
+                              stacklevel=2)
+                break
+            raise FullduplexError(f"{path}: line {number} is not a metrics record ({e}); fix or delete that line, "
+                                  "then run again") from None
+        records.append(record)
+    return records
+
+
 def _trim_metrics(path: Path, step: int) -> None:
-    """Drop records past ``step`` (written after the checkpoint a resumed run restarts from)."""
+    """Drop records past ``step`` (written after the checkpoint a resumed run restarts from) and a torn last line."""
     if path.is_file():
-        lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in lines))
+        kept = [r for r in read_metrics(path) if r["step"] <= step]
+        with atomic_output(path) as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
 
 # --- the recipe -------------------------------------------------------------------------------------------
@@ -196,6 +226,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None, progress: bool = True
 
 def _train(cfg: TrainConfig, d: D.Dist, stop_after: int | None, progress: bool) -> Result:
     run_dir = Path(cfg.run.output)
+    ckpt.check_run_dir(run_dir)
     metrics_path = run_dir / METRICS
     fsdp = d.enabled and cfg.run.fsdp
     bf16 = cfg.run.mixed_precision == "bf16" or (cfg.run.mixed_precision == "auto" and d.device.type == "cuda")
@@ -294,6 +325,8 @@ def _train(cfg: TrainConfig, d: D.Dist, stop_after: int | None, progress: bool) 
         model.train()
         return value, position
 
+    curve_drawn = [time.monotonic()]
+
     def save(step: int) -> None:
         full = full_state(model, fsdp)  # collective under FSDP
         trainable_state = {k: v for k, v in full.items() if k in trainable_names} if cfg.lora.enabled else full
@@ -306,6 +339,9 @@ def _train(cfg: TrainConfig, d: D.Dist, stop_after: int | None, progress: bool) 
             if best is not None and best["step"] == step:
                 ckpt.write_best(run_dir, step, best["valid_loss"])
             ckpt.prune(run_dir, cfg.run.keep_checkpoints)
+            if time.monotonic() - curve_drawn[0] > CURVE_EVERY_S:  # a long run's curve, now and then
+                draw_loss_curve(run_dir, metrics_path)
+                curve_drawn[0] = time.monotonic()
         D.barrier(d)
 
     # Loop.
@@ -348,7 +384,7 @@ def _train(cfg: TrainConfig, d: D.Dist, stop_after: int | None, progress: bool) 
             if step % cfg.run.log_every == 0 or step == cfg.optim.max_steps:
                 _append_metrics(metrics_path, record)
                 if tb is not None:
-                    for k in ("loss", "text_loss", "audio_loss", "grad_norm"):
+                    for k in ("loss", "text_loss", "audio_loss", "grad_norm", "seconds", "frames_per_s"):
                         tb.add_scalar(f"train/{k}", record[k], step)
                 if wandb_run is not None:
                     wandb_run.log({f"train/{k}": v for k, v in record.items() if k not in ("step", "split")}, step=step)
@@ -369,10 +405,25 @@ def _train(cfg: TrainConfig, d: D.Dist, stop_after: int | None, progress: bool) 
         bar.close()
     if tb is not None:
         tb.close()
+    if d.is_main:
+        draw_loss_curve(run_dir, metrics_path)
     if wandb_run is not None:
         wandb_run.finish()
     result.last_step = step
     return result
+
+
+def draw_loss_curve(run_dir: Path, metrics_path: Path) -> Path | None:
+    """``RUN/loss.png`` from ``metrics.jsonl``; one line on stderr when matplotlib is missing."""
+    from .curve import MISSING, write_loss_curve
+
+    path = write_loss_curve(run_dir, read_metrics(metrics_path))
+    if path is None and not (run_dir / "loss.png").exists():
+        from .curve import matplotlib_available
+
+        if not matplotlib_available():
+            print(MISSING, file=sys.stderr)
+    return path
 
 
 def _tensorboard(run_dir: Path) -> Any:

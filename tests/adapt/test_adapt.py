@@ -231,13 +231,17 @@ def test_bad_input_gives_one_line_and_leaves_nothing(files, tmp_path, capsys):
     assert not out.exists()  # none of the failures left a folder behind
     assert adapt("--tokenizer", files["grow"], "-o", out, "-q")[0] == 0
     code, err = adapt("--tokenizer", files["shrink"], "-o", out)
-    assert_one_line_error(code, err, "already exists", "--force")
+    assert_one_line_error(code, err, "previous `fullduplex adapt` output", "--overwrite")
     assert fd.load_lm(out).config.text_card == 120
-    assert adapt("--tokenizer", files["shrink"], "-o", out, "--force", "-q")[0] == 0
+    assert adapt("--tokenizer", files["shrink"], "-o", out, "--overwrite", "-q")[0] == 0
     assert fd.load_lm(out).config.text_card == 56
     assert sorted(p.name for p in out.iterdir()) == sorted(["model.safetensors", "config.json", TOKENIZER_NAME])
-    code, err = adapt("--tokenizer", files["grow"], "-o", files["src"], "--force")
-    assert_one_line_error(code, err, "input checkpoint's folder")
+    (out / "notes.txt").write_text("mine")
+    code, err = adapt("--tokenizer", files["grow"], "-o", out, "--force")  # the old name of --overwrite
+    assert_one_line_error(code, err, "'notes.txt'", "nothing was deleted")
+    assert fd.load_lm(out).config.text_card == 56 and (out / "notes.txt").read_text() == "mine"
+    code, err = adapt("--tokenizer", files["grow"], "-o", files["src"], "--overwrite")
+    assert_one_line_error(code, err, "an input of this command")
 
 
 def test_help_explains_itself(capsys):

@@ -178,6 +178,14 @@ def test_transcript_folder(tmp_path, capsys, ckpt):
     assert sorted(p.name for p in (tmp_path / "words").iterdir()) == ["b.json", "speech_en.json"]
     one = json.loads((tmp_path / "words" / "b.json").read_text())
     assert one["input"] == str(other) and one["duration"] == pytest.approx(1.25)
+    # Again into the same folder: its files are replaced only with --overwrite (a file named by the user always is).
+    first = (tmp_path / "words" / "b.json").read_bytes()
+    code, _, err = generate_cli(capsys, ckpt, "--input", other, "--transcript", tmp_path / "words")
+    assert_one_line_error(code, err, "b.json already exists", "--overwrite")
+    assert (tmp_path / "words" / "b.json").read_bytes() == first
+    code, _, err = generate_cli(capsys, ckpt, "--input", other, "--transcript", tmp_path / "words", "--overwrite",
+                                "--seed", "5")
+    assert code == 0, err
 
 
 # --- errors -------------------------------------------------------------------------------------------------

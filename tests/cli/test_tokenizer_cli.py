@@ -97,10 +97,10 @@ def test_bad_input_is_one_line_and_leaves_nothing(capsys, tmp_path):
     assert run(capsys, "tokenizer", "train", "--corpus", corpus, "--vocab-size", 60, "-o", out, "--threads", 1)[0] == 0
     first = (out / "tokenizer.model").read_bytes()
     code, _, err = run(capsys, "tokenizer", "train", "--corpus", corpus, "--vocab-size", 70, "-o", out, "--threads", 1)
-    assert_one_line_error(code, err, "already exists", "--force")
+    assert_one_line_error(code, err, "already exists", "--overwrite")
     assert (out / "tokenizer.model").read_bytes() == first
     code, _, err = run(capsys, "tokenizer", "train", "--corpus", corpus, "--vocab-size", 70, "-o", out, "--threads", 1,
-                       "--force")
+                       "--force")  # the old name of --overwrite
     assert code == 0 and TextTokenizer.load(out / "tokenizer.model").vocab_size == 70
     assert sorted(p.name for p in out.iterdir()) == ["tokenizer.model", "tokenizer.vocab"]  # no temporary left
     code, _, err = run(capsys, "tokenizer", "train", "--corpus", corpus, "--vocab-size", 60, "-o", corpus)

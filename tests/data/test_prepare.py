@@ -175,7 +175,18 @@ def test_nothing_usable_or_output_taken(tmp_path, capsys, models, corpus):
     assert not out.exists() and not list(tmp_path.glob(".*partial"))
     out.mkdir()
     (out / "old.txt").write_text("x")
+    for extra in ((), ("--overwrite",)):  # a user's file: refused, and kept, even with --overwrite
+        code, _, err = prepare_cli(capsys, models, corpus, out, *extra)
+        assert_one_line_error(code, err, "not a previous `fullduplex data prepare` output", "'old.txt'",
+                              "nothing was deleted")
+        assert [p.name for p in out.iterdir()] == ["old.txt"]
+    (out / "old.txt").unlink()
+    assert prepare_cli(capsys, models, corpus, out)[0] == 0
     code, _, err = prepare_cli(capsys, models, corpus, out)
-    assert_one_line_error(code, err, "not an empty folder")
+    assert_one_line_error(code, err, "previous `fullduplex data prepare` output", "--overwrite")
+    assert prepare_cli(capsys, models, corpus, out, "--overwrite", "--shard-size", "1")[0] == 0
+    index = json.loads((out / "index.json").read_text())
+    assert len(index["shards"]) == index["items"] > 1  # the second run's shards, one item each
+    assert sorted(p.name for p in out.iterdir()) == sorted(["index.json", "report.json", *(s["file"] for s in index["shards"])])
     code, _, err = prepare_cli(capsys, models, corpus, tmp_path / "new", "--tokenizer", str(tmp_path / "none.model"))
     assert_one_line_error(code, err, "none.model")

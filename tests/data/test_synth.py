@@ -170,6 +170,8 @@ def test_same_seed_same_bytes_other_seed_other_dialogues(corpora, tmp_path, caps
         assert (tmp_path / "again" / path.name).read_bytes() == path.read_bytes(), path.name
     assert synth_cli(capsys, "en", tmp_path / "other", "--seed", "4", dialogues=1)[0] == 0
     assert (tmp_path / "other" / "en-00000.json").read_bytes() != (corpora["en"] / "en-00000.json").read_bytes()
+    assert synth_cli(capsys, "en", tmp_path / "other", "--seed", "3", "--overwrite", dialogues=1)[0] == 0
+    assert (tmp_path / "other" / "en-00000.json").read_bytes() == (corpora["en"] / "en-00000.json").read_bytes()
 
 
 @needs_espeak
@@ -202,7 +204,7 @@ def test_bad_input_is_one_line_and_writes_nothing(corpora, tmp_path, capsys, mon
     code, _, err = synth_cli(capsys, "en", tmp_path / "c", "--voices", "en-us")
     assert_one_line_error(code, err, "LEFT,RIGHT")
     code, _, err = synth_cli(capsys, "en", corpora["en"])
-    assert_one_line_error(code, err, "not an empty folder")
+    assert_one_line_error(code, err, "previous `fullduplex data synth` output", "--overwrite")
     assert main(["data", "synth", "--lang", "fr", "--dialogues", "2", "--output", str(tmp_path / "d")]) == 2
     assert "invalid choice: 'fr'" in capsys.readouterr().err
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))

@@ -74,6 +74,15 @@ def test_folder_with_bad_files_evaluates_the_rest(tmp_path, capsys, dialogue):
     assert report["settings"]["vad"] == {"method": "webrtc", "sample_rate": 16000, "frame_ms": 30.0,
                                          "aggressiveness": 3, "package": "webrtcvad-wheels"}
     assert "## Not evaluated" in (out / "report.md").read_text()
+    # Again into the same folder: the previous report is replaced only with --overwrite; other files stay.
+    (out / "notes.txt").write_text("mine")
+    first = (out / "report.json").read_bytes()
+    code, _, err = run(capsys, corpus / "good.wav", "--vad", "webrtc", "--output", out)
+    assert_one_line_error(code, err, "report.json already exists", "--overwrite")
+    assert (out / "report.json").read_bytes() == first
+    code, _, err = run(capsys, corpus / "good.wav", "--vad", "webrtc", "--output", out, "--overwrite")
+    assert code == 0 and json.loads((out / "report.json").read_text())["errors"] == {}
+    assert (out / "notes.txt").read_text() == "mine"
 
 
 def test_nothing_evaluated_is_one_error_and_no_report(tmp_path, capsys):

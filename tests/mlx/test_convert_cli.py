@@ -70,7 +70,45 @@ def test_errors_are_one_line(source, tmp_path, capsys):
     assert_one_line_error(code, capsys.readouterr().err, "does not match")
 
 
+def test_never_replaces_the_input_or_a_foreign_folder(source, tmp_path, capsys):
+    root, _ = source
+    before = {p.name: p.read_bytes() for p in root.iterdir()}
+    out = tmp_path / "q8"
+    assert main(["convert", "--moshi-weight", str(root), "--format", "mlx-q8", "--output", str(out), "-q"]) == 0
+    # The input folder, even when it looks like one of ours: refused before any work, with or without --overwrite.
+    for source_folder in (root, out):
+        code = main(["convert", "--moshi-weight", str(source_folder), "--format", "mlx-q4", "--output",
+                     str(source_folder), "--overwrite", "-q"])
+        assert_one_line_error(code, capsys.readouterr().err, str(source_folder), "nothing was")
+    assert {p.name: p.read_bytes() for p in root.iterdir()} == before
+    code = main(["convert", "--moshi-weight", str(root), "--format", "mlx-q4", "--output", str(out), "-q"])
+    assert_one_line_error(code, capsys.readouterr().err, "previous `fullduplex convert` output", "--overwrite")
+    assert main(["convert", "--moshi-weight", str(root), "--format", "mlx-q4", "--output", str(out), "-q",
+                 "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "mimi.safetensors", "model.q4.safetensors", "tok.model"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
 def test_architecture_moshi_mlx_cannot_build_is_refused(tmp_path):
     lm = fd.LMModel(LMConfig(**{**CONFIG.to_dict(), "depformer_dim_feedforward": 256}))  # 4 x 64: MLX uses 11/4
     with pytest.raises(ValueError, match="moshi_mlx would build feed-forward widths"):
         fd.save_mlx(lm, tmp_path, "mlx-q8")
+
+
+def test_convert_shows_its_stages_unless_quiet(source, tmp_path, monkeypatch):
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:  # tqdm draws only on a terminal
+            return True
+
+    root, _ = source
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert main(["convert", "--moshi-weight", str(root), "--format", "moshi", "--output", str(tmp_path / "a")]) == 0
+    shown = sys.stderr.getvalue()
+    assert "convert: " in shown and "/2 stages" in shown and "loading model.safetensors" in shown
+    assert f"writing {tmp_path / 'a'} (moshi)" in shown
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert main(["convert", "--moshi-weight", str(root), "--format", "moshi", "--output", str(tmp_path / "b"), "-q"]) == 0
+    assert sys.stderr.getvalue() == ""

@@ -103,9 +103,9 @@ def test_two_engines_serve_sessions_with_their_own_replies(models):
         assert got["text"][: len(want)] == want
     assert health["status"] == "ok" and health["max_sessions"] == 4
     assert [d["max_sessions"] for d in health["devices"]] == [2, 2]
-    assert f"fullduplex_steps_total {sum(steps)}" in metrics
+    assert f"fullduplex_steps_total {float(sum(steps))}" in metrics
     for i in (0, 1):
-        assert f'fullduplex_engine_steps_total{{engine="{i}",device="cpu"}} {steps[i]}' in metrics
+        assert f'fullduplex_engine_steps_total{{device="cpu",engine="{i}"}} {float(steps[i])}' in metrics
 
 
 @pytest.mark.parametrize("argv, needle", [

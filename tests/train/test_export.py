@@ -3,7 +3,9 @@ with identical logits."""
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -121,3 +123,52 @@ def test_export_to_mlx_loads_back(lora_run, tmp_path, capsys):
     code = run(["export", str(lora_run / "run"), "--output", str(tmp_path / "o"), "--format", "mlx-bf16", "--keep-lora"])
     assert_one_line_error(code, capsys.readouterr().err, "--keep-lora", "mlx-bf16")
     assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_export_never_deletes_what_it_did_not_write(lora_run, tmp_path, capsys):
+    """Issue 16.1: a folder holding a user's file is refused and kept; the run's own folder is refused even with
+    --overwrite; a previous export is replaced only with --overwrite."""
+    run_dir = lora_run / "run"
+    before = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*"))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    for extra in ([], ["--overwrite"]):
+        code = run(["export", str(run_dir), "--output", str(mine), *extra])
+        assert_one_line_error(code, capsys.readouterr().err, "notes.txt", "not a previous `fullduplex export` output",
+                              "nothing was deleted")
+        assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "keep me"
+        for target in (run_dir, lora_run):  # the run itself, or a folder above it
+            code = run(["export", str(run_dir), "--output", str(target), *extra])
+            assert_one_line_error(code, capsys.readouterr().err, "an input of this command", "choose another folder")
+    assert sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")) == before  # the run is whole
+
+    out = tmp_path / "out"
+    assert run(["export", str(run_dir), "--output", str(out)]) == 0
+    first = sorted(p.name for p in out.iterdir())
+    code = run(["export", str(run_dir), "--output", str(out), "--checkpoint", "last"])
+    assert_one_line_error(code, capsys.readouterr().err, "previous `fullduplex export` output", "--overwrite")
+    assert run(["export", str(run_dir), "--output", str(out), "--keep-lora", "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted([*first, "lora.safetensors"])
+    (out / "README.md").write_text("my notes on this model")  # now it holds a file export did not write
+    code = run(["export", str(run_dir), "--output", str(out), "--overwrite"])
+    assert_one_line_error(code, capsys.readouterr().err, "README.md", "nothing was deleted")
+    assert (out / "README.md").is_file() and (out / "lora.safetensors").is_file()
+    assert not list(tmp_path.glob(".*")) and not list(lora_run.glob(".*"))  # no staging folder left behind
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:  # tqdm draws only on a terminal
+        return True
+
+
+def test_export_shows_its_stages_unless_quiet(lora_run, tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert run(["export", str(lora_run / "run"), "--output", str(tmp_path / "a")]) == 0
+    shown = sys.stderr.getvalue()
+    assert "export: " in shown and "/3 stages" in shown
+    for stage in ("loading the base model", "applying step 3 and folding LoRA in", f"writing {tmp_path / 'a'}"):
+        assert stage in shown, shown
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert run(["--quiet", "export", str(lora_run / "run"), "--output", str(tmp_path / "b")]) == 0
+    assert sys.stderr.getvalue() == ""

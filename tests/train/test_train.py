@@ -27,9 +27,29 @@ def recipe(tmp_path_factory) -> Path:
     return make_setup(tmp_path_factory.mktemp("train"))
 
 
-def test_loss_falls_and_run_folder(recipe, tmp_path):
+class FakeWriter:  # torch.utils.tensorboard.SummaryWriter, without tensorboard installed
+    scalars: list[tuple[str, float, int]] = []
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self.scalars.append((tag, value, step))
+
+    def close(self) -> None:
+        pass
+
+
+def test_loss_falls_and_run_folder(recipe, tmp_path, monkeypatch):
+    import types
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=FakeWriter))
     out = tmp_path / "run"
     result = train(load_config(recipe, [f"run.output={out}"]), progress=False)
+    assert (out / "loss.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")  # the operator's loss curve
+    tags = {tag for tag, _, _ in FakeWriter.scalars}
+    assert {"train/loss", "train/seconds", "valid/loss"} <= tags
+    assert [s for tag, _, s in FakeWriter.scalars if tag == "valid/loss"] == [10, 20, 30]
     losses = [result.losses[s] for s in range(1, 31)]
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5, losses
     assert sorted(result.valid) == [10, 20, 30] and result.valid[30] < result.valid[10]
@@ -47,12 +67,51 @@ def test_resume_after_kill_matches_uninterrupted(recipe, tmp_path):
     whole = train(load_config(recipe, [*overrides, f"run.output={tmp_path / 'a'}"]), progress=False)
     cut = load_config(recipe, [*overrides, f"run.output={tmp_path / 'b'}"])
     train(cut, stop_after=6, progress=False)  # killed after step 6: the last checkpoint is step 4
-    resumed = train(cut, progress=False)
+    with (tmp_path / "b" / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 7, "split": "train", "lo')  # killed while writing a line: torn, no newline
+    with pytest.warns(UserWarning, match="torn last line"):
+        resumed = train(cut, progress=False)
     assert resumed.resumed_from == 4
     assert [resumed.losses[s] for s in range(5, 9)] == [whole.losses[s] for s in range(5, 9)]  # exactly
     records = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in records if r["split"] == "train"]
     assert steps == list(range(1, 9))  # steps 5-6 of the killed run were dropped, not duplicated
+
+
+def test_metrics_line_torn_in_the_middle_names_the_file(tmp_path):
+    from fullduplex.errors import FullduplexError
+    from fullduplex.train.recipe import read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo\n{"step": 3, "loss": 1.0}\n')
+    with pytest.raises(FullduplexError, match=r"metrics.jsonl: line 2 .*fix or delete that line"):
+        read_metrics(path)
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')
+    with pytest.warns(UserWarning, match="line 2"):
+        assert read_metrics(path) == [{"step": 1, "loss": 2.0}]
+
+
+def test_loss_curve_without_matplotlib_is_one_line(tmp_path, monkeypatch, capsys):
+    from fullduplex.train.recipe import draw_loss_curve
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "split": "train", "loss": 2.0}\n')
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert draw_loss_curve(tmp_path, tmp_path / "metrics.jsonl") is None
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "matplotlib is not installed" in err and "fullduplex[eval]" in err
+    assert not (tmp_path / "loss.png").exists()
+
+
+def test_run_output_holding_other_files_is_refused(recipe, tmp_path, capsys):
+    """A run.output that holds a user's files is not a run to resume: refused before anything is written."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "config.json").write_text('{"mine": true}')
+    (out / "notes.txt").write_text("keep me")
+    code = run(["train", str(recipe), "--no-progress", f"--override=run.output={out}"])
+    assert_one_line_error(code, capsys.readouterr().err, "run.output", "notes.txt", "nothing was deleted")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "notes.txt"]
+    assert (out / "config.json").read_text() == '{"mine": true}'
 
 
 def test_resume_after_sigkill_of_the_process(recipe, tmp_path):
