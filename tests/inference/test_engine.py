@@ -105,3 +105,44 @@ def test_a_session_joins_the_steps_with_its_first_frame(models):
     (alone,) = generate([wav], mimi, lm, tokenizer, GREEDY, batch_size=1)
     tokens = torch.stack([f.tokens for f in outs[: alone.tokens.shape[-1]]], dim=-1)
     assert torch.equal(tokens, alone.tokens)
+
+
+def test_leaving_from_the_middle_compacts_rows_and_the_others_carry_on(models):
+    """Sessions leave from the middle while others join: the last row moves into each hole, every remaining
+    session still equals `generate` alone, and only the rows in use are stepped."""
+    mimi, lm, tokenizer = models
+    inputs = {k: speech(1.0 + 0.2 * k) * (0.4 + 0.1 * k) for k in range(5)}
+    inputs[1], inputs[3] = inputs[1].flip(-1), inputs[3].flip(-1)
+    leave = {1: 6, 2: 9}  # leave at these ticks, before their input ends
+    joins = {0: 0, 1: 1, 2: 2, 3: 4, 4: 10}
+    outputs = {k: [] for k in inputs}
+    sessions, rows = {}, []
+    with Engine(mimi, lm, GREEDY, max_sessions=6) as engine:
+        for tick in range(36):
+            for k, at in joins.items():
+                if at == tick:
+                    sessions[k] = engine.open()
+                    sessions[k].push(inputs[k][0])
+            for k, at in leave.items():
+                if at == tick:
+                    engine.close(sessions.pop(k))
+            engine.step()
+            rows.append(engine.rows)
+            for k, s in sessions.items():
+                outputs[k] += s.pop_outputs()
+        assert sessions[4].slot == 1 and sessions[4].row == 2  # the freed slot; rows 0, 1 are sessions 0 and 3
+    assert rows[:12] == [1, 2, 3, 3, 4, 4, 3, 3, 3, 2, 3, 3]
+    for k in (0, 3, 4):
+        (alone,) = generate([inputs[k]], mimi, lm, tokenizer, GREEDY, batch_size=1)
+        frames = alone.tokens.shape[-1]
+        tokens = torch.stack([f.tokens for f in outputs[k][:frames]], dim=-1)
+        assert torch.equal(tokens, alone.tokens), k
+        model_audio = torch.cat([f.pcm for f in outputs[k][:frames]])[: inputs[k].shape[-1]]
+        assert (model_audio - alone.audio[0]).abs().max() < 1e-4, k
+
+
+def test_bucket_sizes():
+    from fullduplex.inference.engine import bucket
+
+    assert [bucket(n, 64) for n in (1, 2, 3, 5, 9, 17, 32, 33, 49, 64)] == [1, 2, 4, 8, 16, 32, 32, 48, 64, 64]
+    assert bucket(5, 6) == 6 and bucket(70, 80) == 80
