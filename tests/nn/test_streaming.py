@@ -203,3 +203,18 @@ def test_item_protocol_errors():
                 pass
         with pytest.raises(ValueError, match="snapshot holds states"):
             conv.restore_item(0, {"x": {}})
+
+
+def test_a_state_without_item_tensors_names_itself():
+    from dataclasses import dataclass
+
+    from fullduplex.nn import StreamingState
+
+    @dataclass
+    class Opaque(StreamingState):
+        pass
+
+    for call in (lambda s: s.snapshot_item(0), lambda s: s.restore_item(0, {}), lambda s: s.copy_item(0, 1),
+                 lambda s: s.prefix(1)):
+        with pytest.raises(NotImplementedError, match="Opaque does not implement"):
+            call(Opaque(2))
