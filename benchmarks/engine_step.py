@@ -10,7 +10,7 @@ step-time percentiles per N, the peak device memory, and whether p99 stays under
     python benchmarks/engine_step.py --device cuda --config moshiko --dtype bfloat16 --sessions 1 16 32 48 64
 
 Idle slots cost nothing: ``--slots M ...`` runs each N on engines of M slots (default: N slots), e.g. 4 sessions
-on a 4-slot and on a 64-slot engine, each ``--repeats`` times (the table shows the median run, by p50):
+on a 4-slot and on a 64-slot engine, each ``--repeats`` times, interleaved (the table shows the median run, by p50; peak memory is the largest case's):
 
     python benchmarks/engine_step.py --sessions 4 --slots 4 64 --repeats 5
 """
@@ -95,20 +95,23 @@ def main() -> None:
         return times
 
     for n in args.sessions:
-        for slots in args.slots or [n]:
-            if slots < n:
-                print(f"{n:>5} {slots:>6}  skipped: fewer slots than sessions")
-                continue
-            if on_gpu:
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
-            try:
-                runs = sorted((run(n, slots) for _ in range(args.repeats)), key=statistics.median)
-            except torch.OutOfMemoryError:
-                print(f"{n:>5} {slots:>6}  out of device memory")
-                break
-            times = runs[len(runs) // 2]
-            peak = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else float("nan")
+        cases = [slots for slots in args.slots or [n] if slots >= n]
+        for slots in sorted(set(args.slots or [n]) - set(cases)):
+            print(f"{n:>5} {slots:>6}  skipped: fewer slots than sessions")
+        if on_gpu:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        runs: dict[int, list[list[float]]] = {slots: [] for slots in cases}
+        try:
+            for _ in range(args.repeats):  # cases interleaved, so that a machine's changing load hits them alike
+                for slots in cases:
+                    runs[slots].append(run(n, slots))
+        except torch.OutOfMemoryError:
+            print(f"{n:>5}  out of device memory")
+            break
+        peak = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else float("nan")
+        for slots in cases:
+            times = sorted(runs[slots], key=statistics.median)[len(runs[slots]) // 2]
             p99 = percentile(times, 99)
             print(f"{n:>5} {slots:>6} {statistics.median(times):8.2f} {percentile(times, 95):8.2f} {p99:8.2f} "
                   f"{max(times):8.2f} {peak:9.1f}  {'yes' if p99 < 80 else 'no'}", flush=True)
