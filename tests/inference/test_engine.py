@@ -107,9 +107,11 @@ def test_a_session_joins_the_steps_with_its_first_frame(models):
     assert torch.equal(tokens, alone.tokens)
 
 
-def test_leaving_from_the_middle_compacts_rows_and_the_others_carry_on(models):
+@pytest.mark.parametrize("buckets", [False, True])
+def test_leaving_from_the_middle_compacts_rows_and_the_others_carry_on(models, buckets):
     """Sessions leave from the middle while others join: the last row moves into each hole, every remaining
-    session still equals `generate` alone, and only the rows in use are stepped."""
+    session still equals `generate` alone, and only the rows in use are stepped (on CUDA a bucket of rows >= n:
+    ``buckets`` runs that path on CPU, the spare rows on silence)."""
     mimi, lm, tokenizer = models
     inputs = {k: speech(1.0 + 0.2 * k) * (0.4 + 0.1 * k) for k in range(5)}
     inputs[1], inputs[3] = inputs[1].flip(-1), inputs[3].flip(-1)
@@ -118,6 +120,7 @@ def test_leaving_from_the_middle_compacts_rows_and_the_others_carry_on(models):
     outputs = {k: [] for k in inputs}
     sessions, rows = {}, []
     with Engine(mimi, lm, GREEDY, max_sessions=6) as engine:
+        engine.buckets = buckets
         for tick in range(36):
             for k, at in joins.items():
                 if at == tick:
