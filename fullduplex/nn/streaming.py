@@ -30,6 +30,18 @@ class StreamingState:
         """Return the items where ``mask`` [B] is True to their initial state."""
         raise NotImplementedError
 
+    def snapshot_item(self, item: int) -> object:
+        """A self-contained copy of item ``item``'s state (host work: not for the hot path)."""
+        raise NotImplementedError(f"{type(self).__name__} has no snapshot_item")
+
+    def restore_item(self, item: int, snap: object) -> None:
+        """Write ``snap`` (from :meth:`snapshot_item` of any item, at any time) into item ``item``."""
+        raise NotImplementedError(f"{type(self).__name__} has no restore_item")
+
+    def copy_item(self, src: int, dst: int) -> None:
+        """Item ``dst`` becomes a copy of item ``src`` (in place, no host sync needed)."""
+        raise NotImplementedError(f"{type(self).__name__} has no copy_item")
+
 
 def masked_zero_(tensor: torch.Tensor, mask: torch.Tensor, value: float | int = 0) -> None:
     """In place: ``tensor[b] = value`` wherever ``mask[b]``, without a host sync. ``tensor`` is [B, ...]."""
@@ -93,6 +105,30 @@ class StreamingModule(nn.Module):
             for module in modules:
                 module._streaming_state = None
                 module._streaming_active = False
+
+    def _named_states(self) -> Iterator[tuple[str, StreamingState]]:
+        if not self.is_streaming:
+            raise RuntimeError("per-item state is only valid inside a `with module.streaming(batch_size):` block")
+        for name, module in self.named_modules():
+            if isinstance(module, StreamingModule) and module._streaming_state is not None:
+                yield name, module._streaming_state
+
+    def snapshot_item(self, item: int) -> dict[str, object]:
+        """Item ``item``'s state in every streaming descendant, keyed by the submodule's qualified name."""
+        return {name: state.snapshot_item(item) for name, state in self._named_states()}
+
+    def restore_item(self, item: int, snap: dict[str, object]) -> None:
+        """Write a :meth:`snapshot_item` result into item ``item``."""
+        states = dict(self._named_states())
+        if states.keys() != snap.keys():
+            raise ValueError(f"snapshot holds states {sorted(snap)}; this module has {sorted(states)}")
+        for name, state in states.items():
+            state.restore_item(item, snap[name])
+
+    def copy_item(self, src: int, dst: int) -> None:
+        """Item ``dst`` becomes a copy of item ``src`` in every streaming descendant."""
+        for _, state in self._named_states():
+            state.copy_item(src, dst)
 
     def reset(self, mask: torch.Tensor | None = None) -> None:
         """Reset the batch items where ``mask`` [B] (bool) is True; all items when ``mask`` is None.

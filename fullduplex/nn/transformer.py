@@ -2,7 +2,9 @@
 (RMSNorm in fp32, SiLU gating, no layer scale).
 
 Positions are absolute and kept per batch item, so ``reset(mask)`` restarts one item at position 0 while the
-others carry on.
+others carry on. Streaming keeps keys and values in a ring per item (``kv_layout = "ring"``, Mimi) or in pages of a
+shared pool (``"paged"``, the LM's Temporal Transformer: see :mod:`~fullduplex.nn.paged_kv` and
+:meth:`StreamingTransformer.configure_kv`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from torch import nn
 
 from .attention import StreamingSelfAttention, initial_capacity, sliding_mask
 from .norm import make_norm
+from .paged_kv import PagedKV, parse_kv_dtype
 from .rope import rope_frequencies, rope_rotation
 from .streaming import StreamingModule, StreamingState, masked_zero_
 
@@ -93,8 +96,10 @@ class TransformerLayer(nn.Module):
         rotation: tuple[torch.Tensor, torch.Tensor] | None,
         slots: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
+        store=None,
+        read: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = x + self.layer_scale_1(self.self_attn(self.norm1(x), positions, rotation, slots, mask))
+        x = x + self.layer_scale_1(self.self_attn(self.norm1(x), positions, rotation, slots, mask, store, read))
         return x + self.layer_scale_2(self._ffn(self.norm2(x)))
 
 
@@ -114,6 +119,36 @@ class KVIndex(StreamingState):
     def reset(self, mask: torch.Tensor) -> None:
         masked_zero_(self.offset, mask)
         masked_zero_(self.positions, mask, -1)
+
+    def held_slots(self, item: int) -> torch.Tensor:
+        """The item's occupied slots, oldest first (host side)."""
+        positions = self.positions[item]
+        slots = torch.nonzero(positions >= 0)[:, 0]
+        return slots[torch.argsort(positions[slots])]
+
+    def restore_slots(self, n: int) -> torch.Tensor:
+        """Where a restored item's n entries go: the slots just behind the shared write slot, oldest first, so
+        that the ring overwrites them oldest first, as if the item had stepped there."""
+        if n > self.capacity:
+            raise ValueError(f"snapshot holds {n} positions; the ring holds {self.capacity}")
+        if self.positions.device.type == "cpu" and self.filled < self.capacity and int(self.write) < n:
+            self.filled = self.capacity  # CPU attends to the first `filled` slots only; these wrap past them
+        return (self.write + torch.arange(-n, 0, device=self.write.device)) % self.capacity
+
+    def snapshot_item(self, item: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(held positions [n] oldest first, offset [])."""
+        return self.positions[item, self.held_slots(item)].clone(), self.offset[item].clone()
+
+    def restore_item(self, item: int, snap: tuple[torch.Tensor, torch.Tensor]) -> None:
+        held, offset = snap
+        slots = self.restore_slots(held.shape[0])
+        self.positions[item] = -1
+        self.positions[item].index_copy_(0, slots, held.to(self.positions.device))
+        self.offset[item] = offset.to(self.offset.device)
+
+    def copy_item(self, src: int, dst: int) -> None:
+        self.positions[dst] = self.positions[src]
+        self.offset[dst] = self.offset[src]
 
 
 class StreamingTransformer(StreamingModule):
@@ -139,7 +174,10 @@ class StreamingTransformer(StreamingModule):
             TransformerLayer(dim, num_heads, dim_feedforward, context, layer_scale, norm, ffn) for _ in range(num_layers)
         )
         self.head_dim = dim // num_heads
+        self.num_heads = num_heads
         self.max_period = max_period
+        self.kv_layout = "ring"
+        self.kv_page_size, self.kv_pages, self.kv_dtype = 16, None, None
         self.register_buffer("rope_freqs", None, persistent=False)
         self.init_non_persistent_buffers()
 
@@ -151,15 +189,45 @@ class StreamingTransformer(StreamingModule):
         device = torch.device("cpu") if device.type == "meta" else device
         self.rope_freqs = rope_frequencies(self.head_dim, self.max_period, device)
 
-    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> KVIndex:
+    def configure_kv(self, layout: str | None = None, page_size: int | None = None, pages: int | None = None,
+                     dtype: str | None = None) -> None:
+        """Choose the streaming KV cache before ``streaming()``: ``layout`` "ring" (a full-context ring per item)
+        or "paged" (pages of ``page_size`` steps from a pool of ``pages``, None: enough for every item's full
+        context); ``dtype`` None / "auto" (the model's), "int8" or "fp8" (paged only; stored quantized). Arguments
+        left None keep their value, except ``pages`` and ``dtype``, which are always set."""
+        layout = layout or self.kv_layout
+        if layout not in ("ring", "paged"):
+            raise ValueError(f"unknown KV layout {layout!r} (expected 'ring' or 'paged')")
+        if parse_kv_dtype(dtype) is not None and layout != "paged":
+            raise ValueError("a quantized KV cache (--kv-dtype) needs the paged layout")
+        if pages is not None and pages < 1:
+            raise ValueError(f"the KV pool needs at least 1 page, got {pages}")
+        if page_size is not None and page_size < 1:
+            raise ValueError(f"KV page size must be at least 1, got {page_size}")
+        if self.is_streaming:
+            raise RuntimeError("configure the KV cache before entering `streaming()`")
+        self.kv_layout, self.kv_pages, self.kv_dtype = layout, pages, dtype
+        self.kv_page_size = page_size or self.kv_page_size
+        for layer in self.layers:
+            layer.self_attn.paged = layout == "paged"
+
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> KVIndex | PagedKV:
         if self.context is None:
             raise ValueError("a streaming transformer needs a finite context")
-        return KVIndex(
+        if self.kv_layout == "paged":
+            return PagedKV.create(
+                batch_size, len(self.layers), self.num_heads, self.head_dim, self.context, device, dtype,
+                self.kv_page_size, self.kv_pages, parse_kv_dtype(self.kv_dtype),
+            )
+        index = KVIndex(
             batch_size,
             torch.zeros(batch_size, dtype=torch.long, device=device),
             torch.full((batch_size, initial_capacity(self.context)), -1, dtype=torch.long, device=device),
             torch.zeros(1, dtype=torch.long, device=device),
         )
+        for layer in self.layers:  # their states are made next (modules() is pre-order) and restore through it
+            layer.self_attn.shared_index = index
+        return index
 
     def _grow(self, index: KVIndex, capacity: int) -> None:
         """Enlarge every layer's ring to ``capacity`` slots, oldest entries first (once per new call length).
@@ -182,9 +250,11 @@ class StreamingTransformer(StreamingModule):
         B, T, _ = x.shape
         steps = torch.arange(T, device=x.device)
         index = self._streaming_state
-        slots = mask = None
+        slots = mask = read = None
         if index is None:
             positions = steps.expand(B, T)
+        elif isinstance(index, PagedKV):
+            positions, slots, read, mask = index.advance(T)
         else:
             positions = index.offset[:, None] + steps  # [B, T]
             index.offset.add_(T)
@@ -203,6 +273,7 @@ class StreamingTransformer(StreamingModule):
             used = index.filled
             mask = sliding_mask(positions, index.positions[:, :used], self.context)  # [B, 1, T, used], all layers
         rotation = None if self.rope_freqs is None else rope_rotation(positions, self.rope_freqs)
-        for layer in self.layers:
-            x = layer(x, positions, rotation, slots, mask)
+        paged = isinstance(index, PagedKV)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, positions, rotation, slots, mask, index.stores[i] if paged else None, read)
         return x.transpose(1, 2) if self.conv_layout else x
