@@ -76,7 +76,7 @@ class KVStore:
             return
         for data, scales, x in ((self.keys, self.key_scale, keys), (self.values, self.value_scale, values)):
             q, scale = self._quantize(x)
-            data.index_copy_(1, rows, q)
+            _raw(data).index_copy_(1, rows, _raw(q))
             scales.index_copy_(1, rows, scale)
 
     def read(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,13 +84,18 @@ class KVStore:
         if not self.quantized:
             return self.keys.index_select(1, rows), self.values.index_select(1, rows)
         return tuple(
-            (data.index_select(1, rows).float() * scales.index_select(1, rows)).to(self.dtype)
+            (_raw(data).index_select(1, rows).view(data.dtype).float() * scales.index_select(1, rows)).to(self.dtype)
             for data, scales in ((self.keys, self.key_scale), (self.values, self.value_scale))
         )
 
     def copy_rows(self, src: torch.Tensor, dst: torch.Tensor) -> None:
         for t in self.tensors():
-            t.index_copy_(1, dst, t.index_select(1, src))
+            _raw(t).index_copy_(1, dst, _raw(t).index_select(1, src))
+
+
+def _raw(t: torch.Tensor) -> torch.Tensor:
+    """fp8 tensors as their bytes: CPU kernels lack index_copy_ / index_select for float8."""
+    return t.view(torch.uint8) if t.dtype == torch.float8_e4m3fn else t
 
 
 @dataclass
@@ -262,7 +267,7 @@ class PagedKV(StreamingState):
 
     def snapshot_item(self, item: int) -> KVItemSnapshot:
         offset, rows = self._window(item)
-        return KVItemSnapshot(offset, [[t.index_select(1, rows).clone() for t in s.tensors()] for s in self.stores])
+        return KVItemSnapshot(offset, [[_raw(t).index_select(1, rows).view(t.dtype) for t in s.tensors()] for s in self.stores])
 
     def restore_item(self, item: int, snap: KVItemSnapshot) -> None:
         n = snap.steps
@@ -282,7 +287,7 @@ class PagedKV(StreamingState):
         rows = self.rows(self.table[item, slots // self.page_size], slots % self.page_size)
         for store, data in zip(self.stores, snap.data, strict=True):
             for t, d in zip(store.tensors(), data, strict=True):
-                t.index_copy_(1, rows, d.to(device=t.device, dtype=t.dtype))
+                _raw(t).index_copy_(1, rows, _raw(d.to(device=t.device, dtype=t.dtype)))
         self.filled = max(self.filled, min(snap.offset, self.ring))
         if self.offset.device.type == "cpu":
             self.check()
