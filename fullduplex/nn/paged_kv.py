@@ -219,7 +219,6 @@ class PagedKV(StreamingState):
     def advance(self, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Book ``steps`` new steps for every item: (positions [B, T], write rows [B * T], read rows [B * N],
         mask [B, 1, T, N]). Allocates the pages the new steps enter; N = the logical slots read."""
-        B = self.batch_size
         device = self.offset.device
         if steps > self.ring - self.context + 1:
             raise ValueError(f"the paged KV cache takes calls of at most {self.ring - self.context + 1} steps, got {steps}")
