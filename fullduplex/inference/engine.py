@@ -36,6 +36,7 @@ import torch
 from ..codec.mimi import Mimi
 from ..errors import FullduplexError
 from ..lm.model import LMModel
+from ..nn.paged_kv import PagedKV
 from .generator import Generator
 from .offline import Sampling, user_codebooks
 from .persona import Persona, PersonaCache, PersonaState, restore, snapshot
@@ -215,6 +216,9 @@ class Engine:
             self.mimi.reset(codec_fresh.to(self.device))
         if bool(gen_fresh.any()):
             self.generator.reset(gen_fresh.to(self.device))
+        kv = self.lm.transformer.state
+        if isinstance(kv, PagedKV):  # empty slots hold no KV pages
+            kv.set_active(torch.tensor([s is not None for s in sessions]).to(self.device))
         forced = {}
         for slot, session in enumerate(sessions):
             if prompt[slot]:

@@ -124,6 +124,7 @@ class PagedKV(StreamingState):
     free: torch.Tensor  # [pages + 1] stack of free pages (the first `free_count`), last entry a scratch cell
     free_count: torch.Tensor  # [1]
     overflow: torch.Tensor  # [1] bool: a write found the pool empty since the streaming block began
+    active: torch.Tensor  # [B] bool: items that take pages (idle ones write to the sink and hold none)
     stores: list[KVStore]
     page_size: int
     ring: int  # logical slots per item: context - 1 + max_steps
@@ -150,7 +151,7 @@ class PagedKV(StreamingState):
             batch_size, torch.zeros(batch_size, dtype=torch.long, device=device),
             torch.full((batch_size, per_item), -1, dtype=torch.long, device=device), free,
             torch.full((1,), pages, dtype=torch.long, device=device), torch.zeros(1, dtype=torch.bool, device=device),
-            stores, page_size, ring, context,
+            torch.ones(batch_size, dtype=torch.bool, device=device), stores, page_size, ring, context,
         )
 
     # --- accounting (host side) ---------------------------------------------------------------------------
@@ -228,7 +229,7 @@ class PagedKV(StreamingState):
             slot = positions[:, t] % self.ring
             logical = (slot // self.page_size)[:, None]
             page = self.table.gather(1, logical)[:, 0]
-            page = torch.where(page >= 0, page, self._take(page < 0))
+            page = torch.where(page >= 0, page, self._take((page < 0) & self.active))
             self.table.scatter_(1, logical, page[:, None])
             write.append(self.rows(page, slot % self.page_size))
         self.offset.add_(steps)
@@ -250,6 +251,12 @@ class PagedKV(StreamingState):
         last = self.offset[:, None] - 1  # the newest step held
         held = last - (last - slots).remainder(self.ring)
         return self.rows(pages, slots % self.page_size).view(-1), held
+
+    def set_active(self, active: torch.Tensor) -> None:
+        """Mark which items [B] (bool) hold a conversation: the others give their pages back and take none
+        (their steps write to the sink page; their outputs are meaningless). Tensor work only."""
+        self.active.copy_(active)
+        self._release(~self.active)
 
     # --- protocol ----------------------------------------------------------------------------------------
     def reset(self, mask: torch.Tensor) -> None:

@@ -177,7 +177,7 @@ class StreamingTransformer(StreamingModule):
         self.num_heads = num_heads
         self.max_period = max_period
         self.kv_layout = "ring"
-        self.kv_page_size, self.kv_pages, self.kv_dtype = 16, None, None
+        self.kv_page_size, self.kv_pages, self.kv_dtype = 16, None, "auto"
         self.register_buffer("rope_freqs", None, persistent=False)
         self.init_non_persistent_buffers()
 
@@ -192,21 +192,23 @@ class StreamingTransformer(StreamingModule):
     def configure_kv(self, layout: str | None = None, page_size: int | None = None, pages: int | None = None,
                      dtype: str | None = None) -> None:
         """Choose the streaming KV cache before ``streaming()``: ``layout`` "ring" (a full-context ring per item)
-        or "paged" (pages of ``page_size`` steps from a pool of ``pages``, None: enough for every item's full
-        context); ``dtype`` None / "auto" (the model's), "int8" or "fp8" (paged only; stored quantized). Arguments
-        left None keep their value, except ``pages`` and ``dtype``, which are always set."""
+        or "paged" (pages of ``page_size`` steps from a pool of ``pages``; 0: enough for every item's full
+        context); ``dtype`` "auto" (the model's), "int8" or "fp8" (paged only; stored quantized). Arguments left
+        None keep their value."""
         layout = layout or self.kv_layout
+        dtype = self.kv_dtype if dtype is None else dtype
         if layout not in ("ring", "paged"):
             raise ValueError(f"unknown KV layout {layout!r} (expected 'ring' or 'paged')")
         if parse_kv_dtype(dtype) is not None and layout != "paged":
             raise ValueError("a quantized KV cache (--kv-dtype) needs the paged layout")
-        if pages is not None and pages < 1:
-            raise ValueError(f"the KV pool needs at least 1 page, got {pages}")
+        if pages is not None and pages < 0:
+            raise ValueError(f"the KV pool needs at least 1 page (0: a full context per item), got {pages}")
         if page_size is not None and page_size < 1:
             raise ValueError(f"KV page size must be at least 1, got {page_size}")
         if self.is_streaming:
             raise RuntimeError("configure the KV cache before entering `streaming()`")
-        self.kv_layout, self.kv_pages, self.kv_dtype = layout, pages, dtype
+        self.kv_layout, self.kv_dtype = layout, dtype
+        self.kv_pages = (pages or None) if pages is not None else self.kv_pages
         self.kv_page_size = page_size or self.kv_page_size
         for layer in self.layers:
             layer.self_attn.paged = layout == "paged"

@@ -143,3 +143,19 @@ def test_configure_kv_refuses_bad_options():
         model.configure_kv("ring", dtype="int8")
     with model.streaming(1), pytest.raises(RuntimeError, match="before entering"):
         model.configure_kv("ring")
+
+
+@torch.no_grad()
+def test_idle_items_hold_no_pages_and_leave_the_others_alone():
+    x = torch.randn(2, 10, 16)
+    model = _model(pages=3)  # room for one item's window only
+    with model.streaming(2):
+        model(x[:, :1])
+        model.state.set_active(torch.tensor([True, False]))
+        assert model.state.item_pages(1) == 0 and model.state.free_pages() == 2
+        idle = _steps(model, x[:, 1:])
+        assert model.state.item_pages(1) == 0
+    busy = _model()
+    with busy.streaming(2):
+        both = _steps(busy, x)
+    assert torch.equal(idle[0], both[0, 1:])
