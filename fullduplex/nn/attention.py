@@ -34,6 +34,7 @@ class KVCacheState(StreamingState):
     keys: torch.Tensor  # [B, H, N, D]
     values: torch.Tensor  # [B, H, N, D]
     index: object = None  # the transformer's KVIndex (slot positions and write slot), for per-item restore
+    item_tensors = ("keys", "values")  # one row per item
 
     def reset(self, mask: torch.Tensor) -> None:
         """Nothing to clear: the transformer's :class:`KVIndex` marks the item's slots empty."""

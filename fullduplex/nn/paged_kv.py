@@ -18,7 +18,7 @@ GPU the server sizes admission with :meth:`PagedKV.pages_for`). Keys and values 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -130,6 +130,16 @@ class PagedKV(StreamingState):
     ring: int  # logical slots per item: context - 1 + max_steps
     context: int
     filled: int = 0  # host side: logical slots any item may have written (CPU reads only these)
+    item_tensors = ("offset", "table", "active")  # one row per item; the pool and free stack are shared
+
+    def prefix(self, n: int) -> PagedKV:
+        """The same cache seen by its first ``n`` items (views: writes go through; pages come from the shared
+        pool), for a step that runs on the leading rows only."""
+        return replace(self, batch_size=n, **{name: getattr(self, name)[:n] for name in self.item_tensors})
+
+    def absorb(self, view: PagedKV) -> None:
+        """After a step on a :meth:`prefix` view: take back its host-side counter."""
+        self.filled = max(self.filled, view.filled)
 
     @classmethod
     def create(cls, batch_size: int, layers: int, heads: int, head_dim: int, context: int, device: torch.device,

@@ -111,6 +111,11 @@ class KVIndex(StreamingState):
     positions: torch.Tensor  # [B, N] absolute position held by each ring slot, -1 when empty
     write: torch.Tensor  # [1] next slot to write, the same for every item (a tensor: CUDA-graph safe)
     filled: int = 0  # slots written at least once (host side); until the ring wraps they are slots 0 .. filled-1
+    item_tensors = ("offset", "positions")  # one row per item (the write slot is shared)
+
+    def absorb(self, view: KVIndex) -> None:
+        """After a step on a view of the leading rows: take back its host-side counter."""
+        self.filled = view.filled
 
     @property
     def capacity(self) -> int:

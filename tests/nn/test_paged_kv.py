@@ -159,3 +159,24 @@ def test_idle_items_hold_no_pages_and_leave_the_others_alone():
     with busy.streaming(2):
         both = _steps(busy, x)
     assert torch.equal(idle[0], both[0, 1:])
+
+
+@torch.no_grad()
+def test_a_step_on_the_leading_rows_leaves_the_others_alone():
+    """``prefix(n)``: the cache as its first n items see it (a step that runs on the live rows only)."""
+    x = torch.randn(3, 6, 16)
+    model = _model()
+    with model.streaming(3):
+        full = model.state
+        _steps(model, x[:, :3])
+        before = full.table[2].clone(), full.offset[2].clone()
+        model._streaming_state = view = full.prefix(2)
+        lead = _steps(model, x[:2, 3:])
+        model._streaming_state = full
+        full.absorb(view)
+        assert torch.equal(full.table[2], before[0]) and torch.equal(full.offset[2], before[1])
+        assert full.offset.tolist() == [6, 6, 3] and full.filled == 6
+        assert full.free_pages() == full.pages - 2 - 2 - 1  # 6, 6 and 3 steps in pages of 3
+    with model.streaming(3):
+        every = _steps(model, x)
+    assert torch.allclose(lead, every[:2, 3:], atol=1e-6)
