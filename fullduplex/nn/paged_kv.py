@@ -155,8 +155,8 @@ class PagedKV(StreamingState):
             raise ValueError(f"the KV pool needs at least 1 page, got {pages}")
         slots = (pages + 1) * page_size  # + the sink page
         stores = [KVStore(heads, slots, head_dim, device, dtype, stored) for _ in range(layers)]
-        free = torch.arange(pages, -1, -1, device=device)  # pop from the top: page 0 first; entry 0 scratch
-        free = torch.cat([free[1:], free[:1]])  # [pages-1 .. 0, scratch]
+        # [pages-1, .., 1, 0, scratch]: pops take from index free_count - 1, so page 0 goes first
+        free = torch.cat([torch.arange(pages - 1, -1, -1, device=device), torch.full((1,), pages, device=device)])
         return cls(
             batch_size, torch.zeros(batch_size, dtype=torch.long, device=device),
             torch.full((batch_size, per_item), -1, dtype=torch.long, device=device), free,
