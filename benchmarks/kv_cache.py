@@ -8,6 +8,8 @@
    teacher-forced (both read the same random tokens; top-1 agreement and mean KL(float || quantized) of text and
    audio logits) and stepped (greedy generation; share of equal tokens).
 3. Generator step time, small config, CPU: ring (today's cache) vs paged vs paged int8 / fp8, interleaved runs.
+4. (``--attention``) One decode step of attention, 4 heads x 64, 250 keys: SDPA on a contiguous cache, our
+   gather + SDPA from a paged pool, FlexAttention eager and compiled (torch.compile: needs a C++ compiler).
 
     python benchmarks/kv_cache.py                      # all three, 2 threads
     python benchmarks/kv_cache.py --skip-time --steps 50
@@ -154,6 +156,54 @@ def step_time(steps: int, runs: int) -> None:
         print(f"   {name:12} {statistics.median(t) * 1e3:7.2f} ms ({min(t) * 1e3:.2f})  {statistics.median(t) / base:6.2f}x ring")
 
 
+def _median_us(fn, n: int = 200) -> float:
+    for _ in range(5):
+        fn()
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e6
+
+
+def attention(batches: tuple[int, ...] = (1, 8), H: int = 4, D: int = 64, N: int = 250, page: int = 16) -> None:  # noqa: N803
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
+    print(f"\n4. one decode step of attention, {H} heads x {D}, {N} keys, pages of {page}; median us")
+    for B in batches:
+        print(f"   B={B}: " + _attention_at(B, H, D, N, page))
+
+
+def _attention_at(B: int, H: int, D: int, N: int, page: int) -> str:  # noqa: N803
+    import torch.nn.functional as F
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    q, k, v = torch.randn(B, H, 1, D), torch.randn(B, H, N, D), torch.randn(B, H, N, D)
+    mask = torch.ones(B, 1, 1, N, dtype=torch.bool)
+    pages = -(-N // page)
+    table = torch.randperm(B * pages).view(B, pages)
+    rows = (table[:, :, None] * page + torch.arange(page)).view(B, -1)[:, :N].reshape(-1)
+    pool_k, pool_v = torch.randn(H, B * pages * page, D), torch.randn(H, B * pages * page, D)
+
+    def gathered():
+        keys = pool_k.index_select(1, rows).view(H, B, N, D)
+        values = pool_v.index_select(1, rows).view(H, B, N, D)
+        return F.scaled_dot_product_attention(q.transpose(0, 1), keys, values, attn_mask=mask.transpose(0, 1))
+
+    block_mask = create_block_mask(lambda b, h, qi, kv: kv < N, B, None, 1, N, device="cpu", BLOCK_SIZE=page)
+    compiled = torch.compile(flex_attention, dynamic=False)
+    start = time.perf_counter()
+    compiled(q, k, v, block_mask=block_mask)
+    compile_s = time.perf_counter() - start
+    return (f"SDPA contiguous {_median_us(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)):.0f}, "
+            f"gather + SDPA {_median_us(gathered):.0f}, "
+            f"flex eager {_median_us(lambda: flex_attention(q, k, v, block_mask=block_mask), 50):.0f}, "
+            f"flex compiled {_median_us(lambda: compiled(q, k, v, block_mask=block_mask)):.0f} "
+            f"(compiled in {compile_s:.1f} s)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=750, help="conversation length for the memory figures")
@@ -163,6 +213,7 @@ def main() -> None:
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-agreement", action="store_true")
     parser.add_argument("--skip-time", action="store_true")
+    parser.add_argument("--attention", action="store_true", help="also time attention alone (SDPA vs FlexAttention)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if not args.skip_memory:
@@ -171,6 +222,8 @@ def main() -> None:
         agreement(args.steps)
     if not args.skip_time:
         step_time(args.steps, args.runs)
+    if args.attention:
+        attention()
 
 
 if __name__ == "__main__":
