@@ -68,9 +68,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--slots", type=int, nargs="+", help="engine slots (max_sessions) to try per N (default: N)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per case; the median run (by p50) is shown")
+    parser.add_argument("--kv-layout", choices=["paged", "ring"], default="paged", help="the LM's KV cache (ring: before paging)")
+    parser.add_argument("--kv-dtype", choices=["auto", "int8", "fp8"], default="auto")
+    parser.add_argument("--kv-pages", type=int, default=0, help="KV page pool (0: a full context per session)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     mimi, lm = random_models(args.config, args.device, DTYPES[args.dtype])
+    lm.transformer.configure_kv(args.kv_layout, pages=args.kv_pages, dtype=args.kv_dtype)
     on_gpu = args.device.startswith("cuda")
     dev = torch.cuda.get_device_name() if on_gpu else f"CPU, {args.threads} threads"
     print(f"Engine step, LM config {args.config} ({args.dtype}), Mimi fp32, {dev}, sampled (defaults), {args.steps} steps per N")

@@ -14,6 +14,7 @@ from ..checkpoint.mimi import load_mimi, resolve_mimi
 from ..checkpoint.resolve import DEFAULT_REPO
 from ..codec.config import PRESETS as MIMI_PRESETS
 from ..codec.mimi import Mimi
+from ..errors import FullduplexError
 from ..inference.offline import Sampling, check_models
 from ..lm.config import PRESETS as LM_PRESETS
 from ..lm.model import LMModel
@@ -82,7 +83,29 @@ def add_model_arguments(parser: argparse.ArgumentParser, seed_help: str = "rando
         "loading: int8 (about 1/4 of the fp32 weight memory) or int4 (about 1/7); an MLX q4 file runs as it is "
         "under int4 (see docs/formats.md)",
     )
+    run.add_argument(
+        "--kv-dtype", choices=["auto", "int8", "fp8"], default="auto",
+        help="how the LM's Temporal Transformer stores its keys and values: auto (the model's dtype), int8 or fp8 "
+        "(float8 e4m3; one scale per token and head, about half the memory of bf16; see docs/architecture.md)",
+    )
+    run.add_argument(
+        "--kv-pages", type=int, default=None, metavar="N",
+        help="size of the KV page pool, in pages of 16 frames (default: a full context for every conversation "
+        "slot); each conversation takes pages as it goes, so a smaller pool serves more short conversations",
+    )
     return run
+
+
+def check_kv_arguments(args: argparse.Namespace) -> None:
+    pages = getattr(args, "kv_pages", None)
+    if pages is not None and pages < 1:
+        raise FullduplexError(f"--kv-pages must be a number of pages >= 1, got {pages}")
+
+
+def configure_kv(lm: LMModel, args: argparse.Namespace) -> None:
+    """Apply ``--kv-dtype`` / ``--kv-pages`` to the LM's Temporal Transformer."""
+    pages = getattr(args, "kv_pages", None)
+    lm.transformer.configure_kv("paged", pages=pages or 0, dtype=getattr(args, "kv_dtype", None) or "auto")
 
 
 @dataclass
@@ -205,6 +228,7 @@ def load_models(args: argparse.Namespace) -> Models:
     """Tokenizer, LM and Mimi from the options of :func:`add_model_arguments`, checked against each other. With
     no model option at all, the bundled demo model (and a note on stderr saying so and how to load a released
     one)."""
+    check_kv_arguments(args)
     device = resolve_device(args.device)
     if wants_demo(args):
         import sys
@@ -217,6 +241,7 @@ def load_models(args: argparse.Namespace) -> Models:
         sampling = sampling_from_args(args, (raw or {}).get("lm_gen_config"), source)
         mimi, lm, tokenizer = load_demo(device, DTYPES.get(args.dtype or ""), quantize=getattr(args, "quantize", None))
         check_models(mimi, lm, tokenizer, str(files["lm"]))
+        configure_kv(lm, args)
         return Models(mimi, lm, tokenizer, files["lm"], files["mimi"], sampling)
     raw, source = model_config_json(args)
     sampling = sampling_from_args(args, (raw or {}).get("lm_gen_config"), source)
@@ -236,6 +261,7 @@ def load_models(args: argparse.Namespace) -> Models:
     mimi_config = mimi_config_from_arg(args.mimi_config) or mimi_config_of(raw, source, args.hf_repo)
     mimi = load_mimi(mimi_path, device=device, num_codebooks=None, config=mimi_config)
     check_models(mimi, lm, tokenizer, str(lm_path))
+    configure_kv(lm, args)
     return Models(mimi, lm, tokenizer, lm_path, mimi_path, sampling)
 
 

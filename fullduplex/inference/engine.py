@@ -47,6 +47,7 @@ import torch
 from ..codec.mimi import Mimi
 from ..errors import FullduplexError
 from ..lm.model import LMModel
+from ..nn.paged_kv import PagedKV
 from .generator import Generator
 from .offline import Sampling, user_codebooks
 from .persona import Persona, PersonaCache, PersonaState, restore, snapshot
@@ -296,6 +297,9 @@ class Engine:
                 if session.state is SlotState.JOINING:
                     restore(self.generator, session.row, session.persona_state)
             size = bucket(n, self.max_sessions) if self.buckets else n
+            kv = self.lm.transformer.state
+            if isinstance(kv, PagedKV):  # rows without a session (past the leading n) hold no KV pages
+                kv.set_active((torch.arange(self.max_sessions) < n).to(self.device))
             with ExitStack() as stack:
                 if size < self.max_sessions:
                     stack.enter_context(self.mimi.rows(size))

@@ -5,7 +5,8 @@ The reference re-runs the whole prompt (voice, silence, role text, silence: 50 t
 Here the state a prompt leaves behind is kept: :func:`snapshot` takes one batch item's state after the prompt's
 first ``T - 1`` steps (``Generator.snapshot_item``, the streaming protocol's per-item snapshot: the Temporal
 Transformer's keys and values with their positions, the token ring and its given-flags, the offsets) and
-:func:`restore` writes it into any item of a running generator, wherever its ring stands. The prompt's last step is then run normally (:func:`~fullduplex.inference.prompt.prompt_step`) in the
+:func:`restore` writes it into any item of a running generator, wherever its ring stands.
+The prompt's last step is then run normally (:func:`~fullduplex.inference.prompt.prompt_step`) in the
 batch it joins: that step is the first to sample a token the conversation keeps, so it draws from the session's
 own random stream, and a cached start is bit-identical to running the whole prompt in that slot, greedy or
 sampled. Mimi keeps nothing from the prompt (the user's channel is forced to the sine codes; the reference resets
@@ -15,6 +16,7 @@ Mimi before the user's audio), so a slot's codec state is simply reset when the 
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -64,6 +66,10 @@ def _nbytes(value: object) -> int:
         return value.numel() * value.element_size()
     if isinstance(value, dict):
         return sum(_nbytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_nbytes(v) for v in value)
+    if dataclasses.is_dataclass(value):
+        return sum(_nbytes(getattr(value, f.name)) for f in dataclasses.fields(value))
     return 0
 
 
@@ -72,6 +78,11 @@ def _to(value: object, device: torch.device | str) -> object:
         return value.to(device)
     if isinstance(value, dict):
         return {k: _to(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to(v, device) for v in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(value, **{f.name: _to(getattr(value, f.name), device)
+                                             for f in dataclasses.fields(value) if f.init})
     return value
 
 

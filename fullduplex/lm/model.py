@@ -78,6 +78,7 @@ class LMModel(nn.Module):
             cfg.dim, cfg.num_heads, cfg.num_layers, cfg.dim_feedforward, cfg.context, cfg.max_period,
             layer_scale=None, norm="rms_norm_f32", ffn="silu_gating",
         )
+        self.transformer.configure_kv("paged")  # a session holds KV pages only for the frames it has had
         self.out_norm = RMSNorm(cfg.dim)
         self.text_linear = nn.Linear(cfg.dim, cfg.text_vocab_out, bias=False)
         self.depformer_in = nn.ModuleList(nn.Linear(cfg.dim, cfg.depformer_dim, bias=False) for _ in range(cfg.dep_q))

@@ -169,7 +169,6 @@ class StreamingModule(nn.Module):
             device = _state_device(state)
             state.reset(item_mask.to(device=device, dtype=torch.bool))
 
-
     def _states(self) -> Iterator[tuple[str, StreamingState]]:
         if not self.is_streaming:
             raise RuntimeError("per-item state is only valid inside a `with module.streaming(batch_size):` block")

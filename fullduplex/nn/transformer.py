@@ -2,7 +2,9 @@
 (RMSNorm in fp32, SiLU gating, no layer scale).
 
 Positions are absolute and kept per batch item, so ``reset(mask)`` restarts one item at position 0 while the
-others carry on.
+others carry on. Streaming keeps keys and values in a ring per item (``kv_layout = "ring"``, Mimi) or in pages of a
+shared pool (``"paged"``, the LM's Temporal Transformer: see :mod:`~fullduplex.nn.paged_kv` and
+:meth:`StreamingTransformer.configure_kv`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from torch import nn
 
 from .attention import StreamingSelfAttention, initial_capacity, sliding_mask
 from .norm import make_norm
+from .paged_kv import PagedKV, parse_kv_dtype
 from .rope import rope_frequencies, rope_rotation
 from .streaming import StreamingModule, StreamingState, masked_zero_
 
@@ -93,8 +96,10 @@ class TransformerLayer(nn.Module):
         rotation: tuple[torch.Tensor, torch.Tensor] | None,
         slots: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
+        store=None,
+        read: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = x + self.layer_scale_1(self.self_attn(self.norm1(x), positions, rotation, slots, mask))
+        x = x + self.layer_scale_1(self.self_attn(self.norm1(x), positions, rotation, slots, mask, store, read))
         return x + self.layer_scale_2(self._ffn(self.norm2(x)))
 
 
@@ -106,6 +111,11 @@ class KVIndex(StreamingState):
     positions: torch.Tensor  # [B, N] absolute position held by each ring slot, -1 when empty
     write: torch.Tensor  # [1] next slot to write, the same for every item (a tensor: CUDA-graph safe)
     filled: int = 0  # slots written at least once (host side); until the ring wraps they are slots 0 .. filled-1
+    item_tensors = ("offset", "positions")  # one row per item (the write slot is shared)
+
+    def absorb(self, view: KVIndex) -> None:
+        """After a step on a view of the leading rows: take back its host-side counter."""
+        self.filled = view.filled
 
     @property
     def capacity(self) -> int:
@@ -144,8 +154,6 @@ class KVIndex(StreamingState):
         row.index_copy_(0, slots, snap["positions"].to(row.device, row.dtype))
         self.offset[item].copy_(snap["offset"].to(self.offset.device))
 
-    def absorb(self, view: StreamingState) -> None:
-        self.filled = view.filled
 
 
 class StreamingTransformer(StreamingModule):
@@ -171,7 +179,10 @@ class StreamingTransformer(StreamingModule):
             TransformerLayer(dim, num_heads, dim_feedforward, context, layer_scale, norm, ffn) for _ in range(num_layers)
         )
         self.head_dim = dim // num_heads
+        self.num_heads = num_heads
         self.max_period = max_period
+        self.kv_layout = "ring"
+        self.kv_page_size, self.kv_pages, self.kv_dtype = 16, None, "auto"
         self.register_buffer("rope_freqs", None, persistent=False)
         self.init_non_persistent_buffers()
 
@@ -183,19 +194,54 @@ class StreamingTransformer(StreamingModule):
         device = torch.device("cpu") if device.type == "meta" else device
         self.rope_freqs = rope_frequencies(self.head_dim, self.max_period, device)
 
-    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> KVIndex:
+    def configure_kv(self, layout: str | None = None, page_size: int | None = None, pages: int | None = None,
+                     dtype: str | None = None) -> None:
+        """Choose the streaming KV cache before ``streaming()``: ``layout`` "ring" (a full-context ring per item)
+        or "paged" (pages of ``page_size`` steps from a pool of ``pages``; 0: enough for every item's full
+        context); ``dtype`` "auto" (the model's), "int8" or "fp8" (paged only; stored quantized). Arguments left
+        None keep their value."""
+        layout = layout or self.kv_layout
+        dtype = self.kv_dtype if dtype is None else dtype
+        if layout not in ("ring", "paged"):
+            raise ValueError(f"unknown KV layout {layout!r} (expected 'ring' or 'paged')")
+        if parse_kv_dtype(dtype) is not None and layout != "paged":
+            raise ValueError("a quantized KV cache (--kv-dtype) needs the paged layout")
+        if pages is not None and pages < 0:
+            raise ValueError(f"the KV pool needs at least 1 page (0: a full context per item), got {pages}")
+        if page_size is not None and page_size < 1:
+            raise ValueError(f"KV page size must be at least 1, got {page_size}")
+        if self.is_streaming:
+            raise RuntimeError("configure the KV cache before entering `streaming()`")
+        self.kv_layout, self.kv_dtype = layout, dtype
+        self.kv_pages = (pages or None) if pages is not None else self.kv_pages
+        self.kv_page_size = page_size or self.kv_page_size
+        for layer in self.layers:
+            layer.self_attn.paged = layout == "paged"
+
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> KVIndex | PagedKV:
         if self.context is None:
             raise ValueError("a streaming transformer needs a finite context")
-        return KVIndex(
+        if self.kv_layout == "paged":
+            return PagedKV.create(
+                batch_size, len(self.layers), self.num_heads, self.head_dim, self.context, device, dtype,
+                self.kv_page_size, self.kv_pages, parse_kv_dtype(self.kv_dtype),
+            )
+        index = KVIndex(
             batch_size,
             torch.zeros(batch_size, dtype=torch.long, device=device),
             torch.full((batch_size, initial_capacity(self.context)), -1, dtype=torch.long, device=device),
             torch.zeros(1, dtype=torch.long, device=device),
         )
+        for layer in self.layers:  # their states are made next (modules() is pre-order) and restore through it
+            layer.self_attn.shared_index = index
+        return index
 
     def link_states(self) -> None:
+        if not isinstance(self._streaming_state, KVIndex):  # the paged cache keeps every layer's keys itself
+            return
         for layer in self.layers:
-            layer.self_attn.state.index = self._streaming_state
+            if layer.self_attn.state is not None:
+                layer.self_attn.state.index = self._streaming_state
 
     def _grow(self, index: KVIndex, capacity: int) -> None:
         """Enlarge every layer's ring to ``capacity`` slots, oldest entries first (once per new call length).
@@ -225,9 +271,11 @@ class StreamingTransformer(StreamingModule):
         B, T, _ = x.shape
         steps = torch.arange(T, device=x.device)
         index = self._streaming_state
-        slots = mask = None
+        slots = mask = read = None
         if index is None:
             positions = steps.expand(B, T)
+        elif isinstance(index, PagedKV):
+            positions, slots, read, mask = index.advance(T)
         else:
             positions = index.offset[:, None] + steps  # [B, T]
             index.offset.add_(T)
@@ -246,6 +294,7 @@ class StreamingTransformer(StreamingModule):
             used = index.filled
             mask = sliding_mask(positions, index.positions[:, :used], self.context)  # [B, 1, T, used], all layers
         rotation = None if self.rope_freqs is None else rope_rotation(positions, self.rope_freqs)
-        for layer in self.layers:
-            x = layer(x, positions, rotation, slots, mask)
+        paged = isinstance(index, PagedKV)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, positions, rotation, slots, mask, index.stores[i] if paged else None, read)
         return x.transpose(1, 2) if self.conv_layout else x

@@ -233,8 +233,9 @@ def test_errors(tmp_path, capsys, ckpt, make, override, extra, needles):
         (("--input", SPEECH, ASSETS / "speech_en_16k.ogg", "--output", "{tmp}/o.wav"), "give a folder"),
         (("--input", SPEECH, "--output", "{tmp}/nope/o.wav"), "does not exist"),
         (("--input", SPEECH, "--output", "{tmp}/o.wav", "--temp", "-1"), "temperatures must be >= 0"),
+        (("--input", SPEECH, "--output", "{tmp}/o.wav", "--kv-pages", "0"), "number of pages >= 1"),
     ],
-    ids=["no-output", "same-stem", "one-wav-for-two", "missing-folder", "negative-temperature"],
+    ids=["no-output", "same-stem", "one-wav-for-two", "missing-folder", "negative-temperature", "kv-pages"],
 )
 def test_usage_errors(tmp_path, capsys, ckpt, argv, needle):
     code, _, err = generate_cli(capsys, ckpt, *(str(a).format(tmp=tmp_path) for a in argv))

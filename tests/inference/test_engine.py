@@ -31,12 +31,17 @@ def run_sessions(engine: Engine, inputs: dict[int, torch.Tensor], joins: dict[in
     return sessions, outputs
 
 
-def test_sessions_equal_generate_alone(models):
+@pytest.mark.parametrize("kv_pages", [0, 3], ids=["full-pool", "pool-for-3-of-4-slots"])
+def test_sessions_equal_generate_alone(models, kv_pages):
     mimi, lm, tokenizer = models
     inputs = {0: speech(1.2), 1: speech(1.6) * 0.5, 2: speech(1.2).flip(-1)}
     joins = {0: 0, 1: 3, 2: 5}
-    with Engine(mimi, lm, GREEDY, max_sessions=4) as engine:
-        sessions, outputs = run_sessions(engine, inputs, joins, ticks=30)
+    lm.transformer.configure_kv(pages=kv_pages)  # tiny LM: context 12, one 16-frame page per session
+    try:
+        with Engine(mimi, lm, GREEDY, max_sessions=4) as engine:  # the empty slot holds no page
+            sessions, outputs = run_sessions(engine, inputs, joins, ticks=30)
+    finally:
+        lm.transformer.configure_kv(pages=0)
     for k, wav in inputs.items():
         (alone,) = generate([wav], mimi, lm, tokenizer, GREEDY, batch_size=1)
         frames = alone.tokens.shape[-1]
