@@ -193,9 +193,26 @@ def test_a_persona_prompt_moved_by_compaction_starts_as_alone(models):
             engine.step()
             outs += talker.pop_outputs()
     cached, alone_state = engine.personas.get(persona.key), prefill(fd.Generator(lm, temp=0, temp_text=0), persona)
-    for name, part in alone_state.items.items():
-        for key, value in part.items():
-            assert torch.allclose(cached.items[name][key].float(), value.float(), atol=1e-5), (name, key)
+    assert_states_close(cached.items, alone_state.items)
     (alone,) = generate([wav], mimi, lm, tokenizer, GREEDY, batch_size=1, prompt=schedule)
     tokens = torch.stack([f.tokens for f in outs[: alone.tokens.shape[-1]]], dim=-1)
     assert torch.equal(tokens, alone.tokens)
+
+
+def assert_states_close(got: object, want: object, where: str = "") -> None:
+    """Per-item snapshots (dicts of tensors, the paged cache's KVItemSnapshot, lists) equal within float error."""
+    if isinstance(want, torch.Tensor):
+        assert got.shape == want.shape and torch.allclose(got.float(), want.float(), atol=1e-5), where
+    elif isinstance(want, dict):
+        assert set(got) == set(want), where
+        for key in want:
+            assert_states_close(got[key], want[key], f"{where}.{key}")
+    elif isinstance(want, (list, tuple)):
+        assert len(got) == len(want), where
+        for i, (a, b) in enumerate(zip(got, want, strict=True)):
+            assert_states_close(a, b, f"{where}[{i}]")
+    elif hasattr(want, "__dataclass_fields__"):
+        for name in want.__dataclass_fields__:
+            assert_states_close(getattr(got, name), getattr(want, name), f"{where}.{name}")
+    else:
+        assert got == want, where
