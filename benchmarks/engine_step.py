@@ -8,6 +8,11 @@ step-time percentiles per N, the peak device memory, and whether p99 stays under
 
     python benchmarks/engine_step.py                                        # CPU, small config, N = 1 4 16
     python benchmarks/engine_step.py --device cuda --config moshiko --dtype bfloat16 --sessions 1 16 32 48 64
+
+Idle slots cost nothing: ``--slots M ...`` runs each N on engines of M slots (default: N slots), e.g. 4 sessions
+on a 4-slot and on a 64-slot engine, each ``--repeats`` times, interleaved (the table shows the median run, by p50; peak memory is the largest case's):
+
+    python benchmarks/engine_step.py --sessions 4 --slots 4 64 --repeats 5
 """
 
 from __future__ import annotations
@@ -61,40 +66,55 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 4, 16], help="numbers of sessions to try")
     parser.add_argument("--steps", type=int, default=100, help="timed steps per N")
     parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--slots", type=int, nargs="+", help="engine slots (max_sessions) to try per N (default: N)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per case; the median run (by p50) is shown")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     mimi, lm = random_models(args.config, args.device, DTYPES[args.dtype])
     on_gpu = args.device.startswith("cuda")
     dev = torch.cuda.get_device_name() if on_gpu else f"CPU, {args.threads} threads"
     print(f"Engine step, LM config {args.config} ({args.dtype}), Mimi fp32, {dev}, sampled (defaults), {args.steps} steps per N")
-    print(f"{'N':>5} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8} {'peak GiB':>9}  real time (p99 < 80 ms)")
+    print(f"{'N':>5} {'slots':>6} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8} {'peak GiB':>9}  real time (p99 < 80 ms)")
     frame = mimi.frame_size
     audio = torch.randn(frame * (args.warmup + args.steps)) * 0.1
+
+    def run(n: int, slots: int) -> list[float]:
+        with Engine(mimi, lm, Sampling(), max_sessions=slots) as engine:
+            sessions = [engine.open() for _ in range(n)]
+            times = []
+            for t in range(args.warmup + args.steps):
+                for s in sessions:
+                    s.push(audio[t * frame : (t + 1) * frame])
+                start = time.perf_counter()
+                engine.step()
+                elapsed = time.perf_counter() - start
+                for s in sessions:
+                    s.pop_outputs()
+                if t >= args.warmup:
+                    times.append(elapsed * 1e3)
+        return times
+
     for n in args.sessions:
+        cases = [slots for slots in args.slots or [n] if slots >= n]
+        for slots in sorted(set(args.slots or [n]) - set(cases)):
+            print(f"{n:>5} {slots:>6}  skipped: fewer slots than sessions")
         if on_gpu:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
+        runs: dict[int, list[list[float]]] = {slots: [] for slots in cases}
         try:
-            with Engine(mimi, lm, Sampling(), max_sessions=n) as engine:
-                sessions = [engine.open() for _ in range(n)]
-                times = []
-                for t in range(args.warmup + args.steps):
-                    for s in sessions:
-                        s.push(audio[t * frame : (t + 1) * frame])
-                    start = time.perf_counter()
-                    engine.step()
-                    elapsed = time.perf_counter() - start
-                    for s in sessions:
-                        s.pop_outputs()
-                    if t >= args.warmup:
-                        times.append(elapsed * 1e3)
+            for _ in range(args.repeats):  # cases interleaved, so that a machine's changing load hits them alike
+                for slots in cases:
+                    runs[slots].append(run(n, slots))
         except torch.OutOfMemoryError:
             print(f"{n:>5}  out of device memory")
             break
         peak = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else float("nan")
-        p99 = percentile(times, 99)
-        print(f"{n:>5} {statistics.median(times):8.2f} {percentile(times, 95):8.2f} {p99:8.2f} {max(times):8.2f} "
-              f"{peak:9.1f}  {'yes' if p99 < 80 else 'no'}", flush=True)
+        for slots in cases:
+            times = sorted(runs[slots], key=statistics.median)[len(runs[slots]) // 2]
+            p99 = percentile(times, 99)
+            print(f"{n:>5} {slots:>6} {statistics.median(times):8.2f} {percentile(times, 95):8.2f} {p99:8.2f} "
+                  f"{max(times):8.2f} {peak:9.1f}  {'yes' if p99 < 80 else 'no'}", flush=True)
 
 
 if __name__ == "__main__":

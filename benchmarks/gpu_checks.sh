@@ -7,6 +7,7 @@ OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
 export NO_TORCH_COMPILE=1
 part() { local limit=$1 name=$2; shift 2; echo "=== $name"; timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log" | tail -25; }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-part 120 gpu-tests python -m pytest -q -x -p no:cacheprovider tests/lm/test_generator_gpu.py tests/codec/test_mimi_gpu.py
+part 150 gpu-tests python -m pytest -q -x -p no:cacheprovider tests/lm/test_generator_gpu.py tests/codec/test_mimi_gpu.py tests/inference/test_engine_gpu.py
 part 170 lm-step-b1 python benchmarks/lm_step.py --device cuda --config moshiko --dtype bfloat16 --batch-size 1 --threads 16 --runs 2 --steps 40
 part 210 engine-step python benchmarks/engine_step.py --device cuda --config moshiko --dtype bfloat16 --threads 16 --steps 60 --sessions 1 16 32 48 64 80
+part 150 engine-idle-slots python benchmarks/engine_step.py --device cuda --config moshiko --dtype bfloat16 --threads 16 --steps 60 --sessions 4 --slots 4 64 --repeats 3

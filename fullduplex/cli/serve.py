@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import socket
 import ssl
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,35 @@ def parse_devices(devices: str | None, device: str | None) -> list[str | None]:
     return names
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Bind ``host:port`` once (as the server will, address reuse on) and let it go: a clear error now beats one
+    after minutes of loading the model."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise FullduplexError(f"--host {host}: not an address of this machine ({e.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as e:
+            raise FullduplexError(
+                f"port {port} on {host} is not free ({e.strerror}): stop what uses it (another `fullduplex serve`?) "
+                "or pick another with --port"
+            ) from None
+
+
+def page_url(host: str, port: int, secure: bool) -> str:
+    """The line naming the page to open once the server listens."""
+    scheme = "https" if secure else "http"
+    if host in ("0.0.0.0", "::", ""):
+        return (f"listening on all addresses, port {port}: open {scheme}://localhost:{port}/ on this machine "
+                f"({scheme}://THIS-HOST:{port}/ from others)")
+    shown = f"[{host}]" if ":" in host else host
+    return f"listening: open {scheme}://{shown}:{port}/"
+
+
 def serve_command(args: argparse.Namespace) -> int:
     """Load the models, then serve until interrupted."""
     from aiohttp import web
@@ -177,6 +207,7 @@ def serve_command(args: argparse.Namespace) -> int:
         option = re.sub(r"ServerConfig\.(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), str(e))
         raise FullduplexError(option) from None
     context = ssl_context(args.ssl)
+    check_port_free(args.host, args.port)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # A load balancer asks for /api/health every second or so: keep those requests out of the access log.
     logging.getLogger("aiohttp.access").addFilter(lambda record: "GET /api/health " not in record.getMessage())
@@ -198,6 +229,7 @@ def serve_command(args: argparse.Namespace) -> int:
     where = f" ({args.max_sessions} on each of {', '.join(lane.device for lane in lanes)})" if len(lanes) > 1 else ""
     print(f"serving {models.lm_path.name} to up to {args.max_sessions * len(lanes)} conversations{where} at "
           f"{scheme}://{args.host}:{args.port}/api/chat (health: /api/health, metrics: /api/metrics)", flush=True)
-    web.run_app(server.app(), host=args.host, port=args.port, ssl_context=context, print=None,
+    web.run_app(server.app(), host=args.host, port=args.port, ssl_context=context,
+                print=lambda _: print(page_url(args.host, args.port, context is not None), flush=True),
                 access_log_class=RedactingAccessLogger)
     return 0

@@ -37,9 +37,15 @@ from .seanet import SEANetDecoder, SEANetEncoder
 class PendingAudio(StreamingState):
     samples: torch.Tensor  # [B, C, P] received but not yet a whole frame, P < frame_size
     graphs: dict = field(default_factory=dict)  # CUDA graphs of whole-frame steps, by shape
+    item_tensors = ("samples",)
 
     def reset(self, mask: torch.Tensor) -> None:
         masked_zero_(self.samples, mask)
+
+    def absorb(self, view: StreamingState) -> None:
+        if view.samples.shape[-1] != self.samples.shape[-1]:
+            self.samples = self.samples[..., :0]  # the leading rows' view kept a partial frame
+            raise ValueError("Mimi.rows(n) takes whole frames (1920 samples per item); the partial frame was dropped")
 
 
 class Mimi(StreamingModule):
@@ -145,9 +151,10 @@ class Mimi(StreamingModule):
         # call than any before) has new buffers, so every graph is dropped and re-captured.
         if not hasattr(self, "_attentions"):  # walked once, not every frame
             self._attentions = [m for m in self.modules() if isinstance(m, StreamingSelfAttention)]
-        layout = tuple(m.state.keys.data_ptr() for m in self._attentions if m.state is not None)
+        layout = tuple(m.cache_address() for m in self._attentions)
         if state.graphs.get("layout") != layout:
-            state.graphs = {"layout": layout}
+            state.graphs.clear()  # in place: a `rows(n)` view shares this dict with the whole batch's state
+            state.graphs["layout"] = layout
         if key not in state.graphs:
             state.graphs[key] = GraphedStep(fn)
         return state.graphs[key]

@@ -1,6 +1,6 @@
 """Running the models: the streaming generator, sampling, and the file pipeline behind `fullduplex generate`."""
 
-from .engine import Engine, EngineFull, FrameOutput, Session
+from .engine import Engine, EngineFull, FrameOutput, Session, SlotState
 from .generator import Generator
 from .offline import GenerationResult, Sampling, generate, generate_files
 from .persona import Persona, PersonaCache, PersonaState
@@ -10,6 +10,6 @@ from .voice import load_voice
 
 __all__ = [
     "Engine", "EngineFull", "FrameOutput", "GenerationResult", "Generator", "Persona", "PersonaCache", "PersonaState",
-    "Sampling", "Schedule", "Session", "Voice", "build_schedule", "generate", "generate_files", "load_voice",
+    "Sampling", "Schedule", "Session", "SlotState", "Voice", "build_schedule", "generate", "generate_files", "load_voice",
     "role_tokens", "sample_token",
 ]

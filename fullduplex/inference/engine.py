@@ -1,9 +1,9 @@
 """Many conversations at once: one batched Mimi + LM step per 80 ms frame for every live session.
 
-The engine owns Mimi, the LM's generator and a fixed number of batch slots. Each :meth:`Engine.step` takes one
+The engine owns Mimi, the LM's generator and a fixed number of session slots. Each :meth:`Engine.step` takes one
 1920-sample frame from every session (silence for a session that has not sent a whole frame yet, counted as an
-underrun), encodes all slots together, steps the generator once, decodes, and gives each session one frame of the
-model's audio and its text token. A session joining or leaving resets only its own slot::
+underrun), encodes the sessions together, steps the generator once, decodes, and gives each session one frame of
+the model's audio and its text token::
 
     with Engine(mimi, lm, max_sessions=8) as engine:
         session = engine.open()                 # EngineFull when every slot is taken
@@ -13,18 +13,29 @@ model's audio and its text token. A session joining or leaving resets only its o
         engine.close(session)
 
 A session sees exactly what ``fullduplex generate`` computes for the same audio (greedy; with sampling the draws
-depend on which sessions share the steps): its slot starts fresh when it joins, the first frame it sends is never
+depend on which sessions share the steps): its row starts fresh when it joins, the first frame it sends is never
 seen by the model, and its first output frame is silence.
 
+Only occupied slots cost compute. The sessions that take part in the steps hold the leading rows ``0 .. n-1`` of
+the streaming state (allocated once for ``max_sessions``); a session that leaves from the middle has the last row
+copied into its hole (``copy_item``), and each step runs Mimi and the generator on the first n rows only
+(``rows(n)``: views, no copy). On CUDA the step runs on the smallest bucket >= n (1, 2, 4, 8, 16, 32, then
+multiples of 16), so each bucket's CUDA graphs are captured once; the rows past n run silence and are reset when a
+session takes them. A session's life (:class:`SlotState`): WAITING (no row; until its first whole frame, or
+until the cached persona it waits for), PROMPTING (its persona's prompt runs in its row, one frame per step),
+JOINING (one step: the cached persona state is restored into its row and the prompt's last frame stepped), LIVE,
+CLOSING (left; its row is released at the next step), FREE.
+
 Personas (``engine.open(persona)``, see ``persona.py``): a persona in the engine's :class:`PersonaCache` starts at
-once (``session.live``); otherwise its prompt runs in the session's own slot, one frame per step alongside the
-others, and is cached. When the session's first whole frame of audio arrives, the cached state is copied into its
-slot and the prompt's last frame is stepped; the user's audio follows from the next step, and its first output
-frame is already the model's.
+once (``session.live``); otherwise its prompt runs in a row of its own, one frame per step alongside the others,
+and is cached (the row is released until the session's audio arrives). When the session's first whole frame of
+audio arrives, the cached state is restored into its row and the prompt's last frame is stepped; the user's audio
+follows from the next step, and its first output frame is already the model's.
 """
 
 from __future__ import annotations
 
+import enum
 import threading
 import time
 from collections import deque
@@ -55,19 +66,45 @@ class FrameOutput:
     tokens: torch.Tensor
 
 
+class SlotState(enum.Enum):
+    """Where a session is in its life (see the module docstring)."""
+
+    WAITING = "waiting"  # no row: waiting for its first whole frame (or for a row to run its persona's prompt)
+    PROMPTING = "prompting"  # its persona's prompt runs in its row
+    JOINING = "joining"  # this step restores the cached persona into its row and steps the prompt's last frame
+    LIVE = "live"  # takes a frame of the user's audio each step
+    CLOSING = "closing"  # closed; its row is released (compacted) at the next step
+    FREE = "free"  # closed, holds nothing
+
+
+ROWS = (SlotState.PROMPTING, SlotState.JOINING, SlotState.LIVE, SlotState.CLOSING)  # the states that hold a row
+
+
+def bucket(n: int, limit: int) -> int:
+    """The batch a step of ``n`` live rows runs on with CUDA graphs: the smallest of 1, 2, 4, 8, 16, 32, 48, 64, ...
+    (multiples of 16 from 32) that is >= n, at most ``limit``."""
+    size = 1
+    while size < n and size < 32:
+        size *= 2
+    if size < n:
+        size = -(-n // 16) * 16
+    return min(size, limit)
+
+
 @dataclass(eq=False)
 class Session:
     """A conversation in slot ``slot``; created by :meth:`Engine.open`."""
 
-    slot: int
+    slot: int  # its place in ``Engine.sessions`` for its whole life (not its batch row, which may move)
     frame_size: int
     frames: int = 0  # engine steps taken since the session joined
     underruns: int = 0  # steps that found less than a frame of input and used silence
     closed: bool = False
     persona: Persona | None = None
-    persona_state: PersonaState | None = None  # the persona's state, ready to copy into the slot
-    prompt_step: int = 0  # prompt frames stepped in the slot so far (a persona not in the cache)
-    joined: bool = False  # the slot holds this conversation
+    persona_state: PersonaState | None = None  # the persona's state, ready to copy into a row
+    prompt_step: int = 0  # prompt frames stepped in its row so far (a persona not in the cache)
+    state: SlotState = SlotState.WAITING
+    row: int | None = None  # its row of the streaming state while it holds one
     _pending: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
     _outputs: deque = field(default_factory=deque)
     _lock: threading.Lock = field(default_factory=threading.Lock)  # push/pop from one thread, steps from another
@@ -100,6 +137,11 @@ class Session:
     def live(self) -> bool:
         """Ready for the user's audio (the server sends the handshake)."""
         return not self.prompting
+
+    @property
+    def joined(self) -> bool:
+        """The conversation runs in its row (its persona, if any, restored)."""
+        return self.state in (SlotState.LIVE, SlotState.CLOSING) and self.row is not None
 
     def pop_outputs(self) -> list[FrameOutput]:
         """Frames produced since the last call, oldest first."""
@@ -141,6 +183,8 @@ class Engine:
         self.step_times: deque[float] = deque(maxlen=1000)  # seconds per step, most recent last
         self.steps = 0
         self.personas = personas if personas is not None else PersonaCache()
+        self.buckets = self.device.type == "cuda"  # step a bucket of rows (CUDA graphs per bucket) or exactly n
+        self._rows: list[Session] = []  # the sessions holding rows 0 .. n-1, in row order
         self._stack: ExitStack | None = None
         self._lock = threading.RLock()  # open/close (event loop) against step (a worker thread)
 
@@ -157,7 +201,11 @@ class Engine:
         if self._stack is not None:
             self._stack.close()
             self._stack = None
+        for session in self.sessions:
+            if session is not None:
+                session.closed, session.state, session.row = True, SlotState.FREE, None
         self.sessions = [None] * self.max_sessions
+        self._rows = []
 
     def __enter__(self) -> Engine:
         return self.start()
@@ -169,6 +217,11 @@ class Engine:
     @property
     def active(self) -> int:
         return sum(s is not None for s in self.sessions)
+
+    @property
+    def rows(self) -> int:
+        """Rows the next step computes for (before buckets): sessions that take part in the steps."""
+        return len(self._rows)
 
     def open(self, persona: Persona | None = None) -> Session:
         """A new session in a free slot, with ``persona`` (see the module docstring); :class:`EngineFull` when
@@ -187,79 +240,124 @@ class Engine:
         raise EngineFull(f"{slots} busy; try again later")
 
     def close(self, session: Session) -> None:
-        """Free the session's slot (its state is reset when the next session takes it)."""
+        """Free the session's slot; its row (if any) is released at the next step."""
         session.closed = True
         with self._lock:
+            session.state = SlotState.CLOSING if session.row is not None else SlotState.FREE
             if self.sessions[session.slot] is session:
                 self.sessions[session.slot] = None
 
+    # --- rows ---------------------------------------------------------------------------------------------
+    def _release(self) -> None:
+        """Give back the rows of closed sessions and of finished prompts (their state is cached): the last row
+        moves into each hole (``copy_item``, no host sync), so the rows in use stay the leading ones."""
+        leaving = [s.row for s in self._rows if s.state in (SlotState.CLOSING, SlotState.WAITING)]
+        for row in sorted(leaving, reverse=True):  # highest first, so the last row is never one that leaves
+            session, last = self._rows[row], len(self._rows) - 1
+            if row != last:
+                self.mimi.copy_item(last, row)
+                self.generator.copy_item(last, row)
+                self._rows[row] = self._rows[last]
+                self._rows[row].row = row
+            self._rows.pop()
+            session.row = None
+            if session.state is SlotState.CLOSING:
+                session.state = SlotState.FREE
+
+    def _admit(self) -> None:
+        """Give rows to waiting sessions that take part from this step (slot order)."""
+        for session in self.sessions:
+            if session is None or session.state is not SlotState.WAITING:
+                continue
+            if session.prompting:
+                session.state = SlotState.PROMPTING
+            elif session.buffered >= session.frame_size:
+                session.state = SlotState.JOINING if session.persona is not None else SlotState.LIVE
+            else:
+                continue
+            session.row = len(self._rows)
+            self._rows.append(session)
+
     # --- the step -----------------------------------------------------------------------------------------
     def step(self) -> None:
-        """One 80 ms frame for every started session. Other slots run on silence and their output is dropped."""
+        """One 80 ms frame for every session that takes part. Free rows cost nothing (see the module docstring)."""
         with self._lock:
             self._step()
 
     @torch.inference_mode()
     def _step(self) -> None:
         start = time.perf_counter()
-        sessions = [s if s is not None and (s.started or s.prompting) else None for s in self.sessions]
-        # Host-side flags, no device sync. A persona session joins with its prompt's last frame and takes the
-        # user's audio from the next step (then its codec starts afresh); others join with their first frame.
-        prompt = [s is not None and s.prompting for s in sessions]
-        join = [s is not None and s.live and not s.joined and s.persona is not None for s in sessions]
-        fresh = [s is not None and s.live and not s.joined and s.persona is None for s in sessions]
-        codec_fresh = torch.tensor([f or (s is not None and s.persona is not None and s.joined and s.frames == 0)
-                                    for f, s in zip(fresh, sessions, strict=True)])
-        gen_fresh = torch.tensor([f or (p and s.prompt_step == 0) for f, p, s in zip(fresh, prompt, sessions, strict=True)])
+        self._release()
+        self._admit()
+        rows = list(self._rows)
+        n = len(rows)
+        if n:
+            for session in rows:  # a persona joins: its cached state goes into its row
+                if session.state is SlotState.JOINING:
+                    restore(self.generator, session.row, session.persona_state)
+            size = bucket(n, self.max_sessions) if self.buckets else n
+            with ExitStack() as stack:
+                if size < self.max_sessions:
+                    stack.enter_context(self.mimi.rows(size))
+                    stack.enter_context(self.generator.rows(size))
+                self._step_rows(rows, size)
+        self.steps += 1
+        self.step_times.append(time.perf_counter() - start)
+
+    def _step_rows(self, rows: list[Session], size: int) -> None:
+        """The model's step on the first ``size`` rows; ``rows`` [n <= size] their sessions."""
+        LIVE, PROMPTING, JOINING = SlotState.LIVE, SlotState.PROMPTING, SlotState.JOINING
+        pad = [False] * (size - len(rows))
+        # Host-side flags per row, no device sync. A row starts fresh when its session takes its first frame
+        # (codec; the generator too without a persona) or starts its prompt (generator).
+        codec_fresh = torch.tensor([s.state is LIVE and s.frames == 0 for s in rows] + pad)
+        gen_fresh = torch.tensor([(s.state is LIVE and s.frames == 0 and s.persona is None)
+                                  or (s.state is PROMPTING and s.prompt_step == 0) for s in rows] + pad)
         if bool(codec_fresh.any()):
             self.mimi.reset(codec_fresh.to(self.device))
         if bool(gen_fresh.any()):
             self.generator.reset(gen_fresh.to(self.device))
         forced = {}
-        for slot, session in enumerate(sessions):
-            if prompt[slot]:
-                forced[slot] = (session.persona, session.prompt_step)
-            elif join[slot]:
-                restore(self.generator, slot, session.persona_state)
-                forced[slot] = (session.persona, session.persona.frames - 1)
-        consume = [s is not None and not prompt[slot] and not join[slot] for slot, s in enumerate(sessions)]
+        for row, session in enumerate(rows):
+            if session.state is PROMPTING:
+                forced[row] = (session.persona, session.prompt_step)
+            elif session.state is JOINING:
+                forced[row] = (session.persona, session.persona.frames - 1)
         silence_in = torch.zeros(self.mimi.frame_size)
-        frames = torch.stack([s._take_frame() if take else silence_in for s, take in zip(sessions, consume, strict=True)])
+        frames = torch.stack([s._take_frame() if s.state is LIVE else silence_in for s in rows]
+                             + [silence_in] * len(pad))
         weight = next(self.mimi.parameters())
-        codes = self.mimi.encode(frames[:, None].to(weight.device, weight.dtype))  # [N, K, 1]
+        codes = self.mimi.encode(frames[:, None].to(weight.device, weight.dtype))  # [size, K, 1]
         out = self.generator.step(codes, *self._forcing(forced, codes))
-        for slot, session in enumerate(sessions):
-            if prompt[slot]:
-                session.prompt_step += 1
-                if session.prompt_step == session.persona.frames - 1:  # all but the last frame: cache it
-                    session.persona_state = snapshot(self.generator, slot)
-                    self.personas.put(session.persona.key, session.persona_state)
-            elif join[slot] or fresh[slot]:
-                session.joined = True
         delay = self.lm.config.max_delay
-        # A session's tokens are valid from its (max_delay + 1)-th step (its first with a persona); that step starts
-        # its decoder afresh.
-        valid_from = [0 if s is not None and s.persona is not None else delay for s in sessions]
-        ready = [s is not None and take and s.frames >= v for s, take, v in zip(sessions, consume, valid_from, strict=True)]
-        first = torch.tensor([r and s.frames == v for r, s, v in zip(ready, sessions, valid_from, strict=True)])
+        # A session's tokens are valid from its (max_delay + 1)-th step (its first with a persona); that step
+        # starts its decoder afresh.
+        valid_from = [0 if s.persona is not None else delay for s in rows]
+        ready = [s.state is LIVE and s.frames >= v for s, v in zip(rows, valid_from, strict=True)]
+        first = torch.tensor([r and s.frames == v for r, s, v in zip(ready, rows, valid_from, strict=True)] + pad)
         pcm = None
         if out is not None and any(ready):
             if bool(first.any()):
                 for part in (self.mimi.upsample, self.mimi.decoder_transformer, self.mimi.decoder):
                     part.reset(first.to(self.device))
-            pcm = self.mimi.decode(out[:, 1:].clamp(min=0))[:, 0].float().cpu()  # [N, 1920]
-            out = out[:, :, 0].cpu()  # [N, 1 + own_q]
+            pcm = self.mimi.decode(out[:, 1:].clamp(min=0))[:, 0].float().cpu()  # [size, 1920]
+            out = out[:, :, 0].cpu()  # [size, 1 + own_q]
         silence = torch.zeros(self.mimi.frame_size)
         missing = torch.full((1 + self.lm.config.own_q,), -2, dtype=torch.long)
-        for slot, session in enumerate(sessions):
-            if session is None or not consume[slot]:
-                continue
-            if ready[slot] and pcm is not None:
-                session._deliver(FrameOutput(pcm[slot], int(out[slot, 0]), out[slot]))
-            else:
-                session._deliver(FrameOutput(silence, None, missing))
-        self.steps += 1
-        self.step_times.append(time.perf_counter() - start)
+        for row, session in enumerate(rows):
+            if session.state is PROMPTING:
+                session.prompt_step += 1
+                if session.prompt_step == session.persona.frames - 1:  # all but the last frame: cache it
+                    session.persona_state = snapshot(self.generator, row)
+                    self.personas.put(session.persona.key, session.persona_state)
+                    session.state = SlotState.WAITING  # its row is released at the next step, until its audio
+            elif session.state is JOINING:
+                session.state = LIVE
+            elif session.state is LIVE:
+                if ready[row] and pcm is not None:
+                    session._deliver(FrameOutput(pcm[row], int(out[row, 0]), out[row]))
+                else:
+                    session._deliver(FrameOutput(silence, None, missing))
 
     def _forcing(self, forced: dict[int, tuple[Persona, int]], codes: torch.Tensor) -> tuple:
         """(force, force_mask, embeddings, embeddings_mask) for :meth:`Generator.step`: slot -> (persona, prompt

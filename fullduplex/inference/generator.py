@@ -44,12 +44,23 @@ class GeneratorState(StreamingState):
     offsets: torch.Tensor  # [B] frames stepped, per item
     steps: int  # frames stepped since the streaming block began (host side, for the first-output rule)
     depth_cache: torch.Tensor  # [L, 2, B, H, dep_q, d] keys/values of the Depth Transformer, per frame
-    graphs: dict = field(default_factory=dict)  # on CUDA: the temporal and depth steps as CUDA graphs
+    graphs: dict = field(default_factory=dict)  # on CUDA: the temporal and depth steps as CUDA graphs, by batch
+    # The depth cache is scratch within a frame (each frame writes its slots before reading them): an item's
+    # state is its token ring, flags and offset.
+    item_tensors = ("cache", "given", "offsets")
 
     def reset(self, mask: torch.Tensor) -> None:
         masked_zero_(self.cache, mask, UNGENERATED_TOKEN)
         masked_zero_(self.given, mask, False)
         masked_zero_(self.offsets, mask)
+
+    def prefix(self, n: int) -> GeneratorState:
+        view = super().prefix(n)
+        view.depth_cache = self.depth_cache[:, :, :n]
+        return view
+
+    def absorb(self, view: StreamingState) -> None:
+        self.steps = view.steps
 
 
 class Generator(StreamingModule):
@@ -178,9 +189,10 @@ class Generator(StreamingModule):
         state = self._streaming_state
         if not self.cuda_graphs or state.cache.device.type != "cuda":
             return fn
-        if name not in state.graphs:
-            state.graphs[name] = GraphedStep(fn)
-        return state.graphs[name]
+        key = (name, state.batch_size)  # one graph per batch size (`rows(n)` buckets)
+        if key not in state.graphs:
+            state.graphs[key] = GraphedStep(fn)
+        return state.graphs[key]
 
     def _depth(self, text: torch.Tensor, hidden: torch.Tensor, given_tokens: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
         """Sample the frame's dep_q audio codebooks one by one: text [B], hidden [B, 1, dim] → [B, dep_q]. Where

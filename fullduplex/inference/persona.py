@@ -3,9 +3,9 @@ batch slot.
 
 The reference re-runs the whole prompt (voice, silence, role text, silence: 50 to 200+ frames) for every connection.
 Here the state a prompt leaves behind is kept: :func:`snapshot` takes one batch item's state after the prompt's
-first ``T - 1`` steps (the Temporal Transformer's keys and values with their positions, the token ring and its
-given-flags, the offsets) and :func:`restore` writes it into any item of a running generator, wherever its ring
-stands. The prompt's last step is then run normally (:func:`~fullduplex.inference.prompt.prompt_step`) in the
+first ``T - 1`` steps (``Generator.snapshot_item``, the streaming protocol's per-item snapshot: the Temporal
+Transformer's keys and values with their positions, the token ring and its given-flags, the offsets) and
+:func:`restore` writes it into any item of a running generator, wherever its ring stands. The prompt's last step is then run normally (:func:`~fullduplex.inference.prompt.prompt_step`) in the
 batch it joins: that step is the first to sample a token the conversation keeps, so it draws from the session's
 own random stream, and a cached start is bit-identical to running the whole prompt in that slot, greedy or
 sampled. Mimi keeps nothing from the prompt (the user's channel is forced to the sine codes; the reference resets
@@ -47,67 +47,46 @@ class Persona:
 
 @dataclass(frozen=True)
 class PersonaState:
-    """One item's generator state after ``steps`` prompt steps (:func:`snapshot`). Temporal keys/values
-    [L, 2, H, n, d] for absolute ``positions`` [n] (oldest first), the transformer's ``offset``, the token ring
-    ``cache`` / ``given`` [K, C] and the generator's ``offset``."""
+    """One item's generator state after ``steps`` prompt steps (:func:`snapshot`): ``items`` is
+    ``Generator.snapshot_item`` (per streaming module: the Temporal Transformer's written keys/values and their
+    positions, oldest first, the token ring and its given-flags, the offsets), on the host."""
 
-    kv: torch.Tensor
-    positions: torch.Tensor
-    transformer_offset: int
-    cache: torch.Tensor
-    given: torch.Tensor
-    offset: int
+    items: dict
     steps: int
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.kv, self.positions, self.cache, self.given))
+        return _nbytes(self.items)
+
+
+def _nbytes(value: object) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    return 0
+
+
+def _to(value: object, device: torch.device | str) -> object:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to(v, device) for k, v in value.items()}
+    return value
 
 
 @torch.no_grad()
 def snapshot(gen: Generator, item: int) -> PersonaState:
-    """Copy item ``item``'s state out of a streaming ``gen`` (host work: not for the hot path)."""
-    transformer = gen.lm.transformer
-    index = transformer.state
-    positions = index.positions[item]
-    slots = torch.nonzero(positions >= 0)[:, 0]
-    order = slots[torch.argsort(positions[slots])]  # oldest first
-    kv = torch.stack([
-        torch.stack([layer.self_attn.state.keys[item][:, order], layer.self_attn.state.values[item][:, order]])
-        for layer in transformer.layers
-    ])  # [L, 2, H, n, d]
-    state = gen.state
-    return PersonaState(
-        kv.clone(), positions[order].clone(), int(index.offset[item]), state.cache[item].clone(),
-        state.given[item].clone(), int(state.offsets[item]), int(state.offsets[item]),
-    )
+    """Copy item ``item``'s state out of a streaming ``gen`` to the host (host work: not for the hot path)."""
+    items = _to(gen.snapshot_item(item), "cpu")
+    return PersonaState(items, int(items[""]["offsets"]))
 
 
 @torch.no_grad()
 def restore(gen: Generator, item: int, persona: PersonaState) -> None:
-    """Write ``persona`` into item ``item`` of a streaming ``gen``: its keys go to the ring slots just behind the
-    shared write slot, as if the item had stepped through the prompt there; its other slots are emptied."""
-    transformer = gen.lm.transformer
-    index = transformer.state
-    capacity, n = index.capacity, persona.positions.shape[0]
-    if n > capacity:
-        raise ValueError(f"persona state holds {n} positions; the ring holds {capacity}")
-    device = index.positions.device
-    slots = (index.write + torch.arange(-n, 0, device=device)) % capacity  # [n], on the device: no sync
-    if device.type == "cpu" and index.filled < capacity and int(index.write) < n:
-        index.filled = capacity  # CPU attends to the first `filled` slots only; these wrap past them
-    positions = torch.full((capacity,), -1, dtype=index.positions.dtype, device=device)
-    positions[slots] = persona.positions.to(device)
-    index.positions[item] = positions
-    index.offset[item] = persona.transformer_offset
-    kv = persona.kv.to(device)
-    for layer, (keys, values) in zip(transformer.layers, kv, strict=True):
-        layer.self_attn.state.keys[item].index_copy_(1, slots, keys.to(layer.self_attn.state.keys.dtype))
-        layer.self_attn.state.values[item].index_copy_(1, slots, values.to(layer.self_attn.state.values.dtype))
-    state = gen.state
-    state.cache[item] = persona.cache.to(device)
-    state.given[item] = persona.given.to(device)
-    state.offsets[item] = persona.offset
+    """Write ``persona`` into item ``item`` of a streaming ``gen``, wherever its ring stands (the keys go to the
+    ring slots just behind the shared write slot, as if the item had stepped through the prompt there)."""
+    gen.restore_item(item, persona.items)
 
 
 @torch.no_grad()

@@ -24,7 +24,6 @@ from ..codec.mimi import Mimi
 from ..errors import AudioError, FullduplexError
 from ..lm.config import LMConfig
 from ..lm.model import UNGENERATED_TOKEN, LMModel
-from ..nn.streaming import StreamingModule
 from .prompt import RELEASED_FILLER, FillerCodes, Voice
 
 VOICE_FORMAT = "fullduplex-voice"
@@ -37,9 +36,7 @@ RELEASED_RING = 4  # columns of the reference generator's token ring (max_delay 
 def detached_mimi(mimi: Mimi) -> Mimi:
     """A copy of ``mimi`` outside any streaming block (to encode a voice while the engine streams)."""
     clone = copy.deepcopy(mimi)
-    for module in clone.modules():
-        if isinstance(module, StreamingModule):
-            module._streaming_state, module._streaming_active = None, False
+    clone.drop_streaming()
     return clone
 
 

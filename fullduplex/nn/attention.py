@@ -30,9 +30,22 @@ def initial_capacity(context: int) -> int:
 class KVCacheState(StreamingState):
     keys: torch.Tensor  # [B, H, N, D]
     values: torch.Tensor  # [B, H, N, D]
+    index: object = None  # the transformer's KVIndex (set by `link_states`): which slot holds which position
+    item_tensors = ("keys", "values")
 
     def reset(self, mask: torch.Tensor) -> None:
         """Nothing to clear: the transformer's :class:`KVIndex` marks the item's slots empty."""
+
+    def snapshot_item(self, item: int) -> dict[str, torch.Tensor]:
+        """The item's written slots, oldest position first: keys/values [H, n, D] (reads positions on the host)."""
+        order = self.index.item_order(item)
+        return {"keys": self.keys[item][:, order].clone(), "values": self.values[item][:, order].clone()}
+
+    def restore_item(self, item: int, snap: dict[str, torch.Tensor]) -> None:
+        """The snapshot's entries go to the ring slots just behind the shared write slot (see KVIndex)."""
+        slots = self.index.restore_slots(snap["keys"].shape[1])
+        self.keys[item].index_copy_(1, slots, snap["keys"].to(self.keys.device, self.keys.dtype))
+        self.values[item].index_copy_(1, slots, snap["values"].to(self.values.device, self.values.dtype))
 
     def grow(self, order: torch.Tensor, capacity: int) -> None:
         """Re-lay the ring with slots ``order`` (oldest first) followed by empty slots up to ``capacity``."""
@@ -67,6 +80,11 @@ class StreamingSelfAttention(StreamingModule):
             raise ValueError("streaming attention needs a finite context")
         shape = (batch_size, self.num_heads, initial_capacity(self.context), self.head_dim)
         return KVCacheState(batch_size, torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+
+    def cache_address(self) -> int | None:
+        """Where the ring's keys live (changes when the ring grows); None outside streaming."""
+        state = self._streaming_state
+        return None if state is None else state.keys.data_ptr()
 
     def forward(
         self,

@@ -29,6 +29,7 @@ def _init_like_torch(weight: nn.Parameter, bias: nn.Parameter | None) -> None:
 class ConvState(StreamingState):
     previous: torch.Tensor  # [B, C_in, P] the last P inputs
     fresh: torch.Tensor  # [B] bool: no input seen yet (replicate padding fills `previous` on first use)
+    item_tensors = ("previous", "fresh")
 
     def reset(self, mask: torch.Tensor) -> None:
         masked_zero_(self.previous, mask)
@@ -118,6 +119,7 @@ class StreamingConv1d(StreamingModule):
 @dataclass
 class ConvTransposeState(StreamingState):
     partial: torch.Tensor  # [B, C_out, K - S] overlap not yet emitted, without bias
+    item_tensors = ("partial",)
 
     def reset(self, mask: torch.Tensor) -> None:
         masked_zero_(self.partial, mask)

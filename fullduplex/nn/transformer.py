@@ -111,9 +111,41 @@ class KVIndex(StreamingState):
     def capacity(self) -> int:
         return self.positions.shape[1]
 
+    item_tensors = ("offset", "positions")
+
     def reset(self, mask: torch.Tensor) -> None:
         masked_zero_(self.offset, mask)
         masked_zero_(self.positions, mask, -1)
+
+    def item_order(self, item: int) -> torch.Tensor:
+        """The item's written slots, oldest position first (reads positions on the host)."""
+        positions = self.positions[item]
+        slots = torch.nonzero(positions >= 0)[:, 0]
+        return slots[torch.argsort(positions[slots])]
+
+    def restore_slots(self, n: int) -> torch.Tensor:
+        """[n] the slots just behind the shared write slot, oldest first: where a restored item's n entries go, as
+        if it had stepped through them in this ring."""
+        if n > self.capacity:
+            raise ValueError(f"the snapshot holds {n} positions; the ring holds {self.capacity}")
+        return (self.write + torch.arange(-n, 0, device=self.write.device)) % self.capacity
+
+    def snapshot_item(self, item: int) -> dict[str, torch.Tensor]:
+        """Positions [n] of the item's written slots, oldest first, and its offset (host reads: not per step)."""
+        return {"positions": self.positions[item][self.item_order(item)].clone(), "offset": self.offset[item].clone()}
+
+    def restore_item(self, item: int, snap: dict[str, torch.Tensor]) -> None:
+        n = snap["positions"].shape[0]
+        slots = self.restore_slots(n)
+        if self.positions.device.type == "cpu" and self.filled < self.capacity and int(self.write) < n:
+            self.filled = self.capacity  # CPU attends to the first `filled` slots only; these wrap past them
+        row = self.positions[item]
+        row.fill_(-1)
+        row.index_copy_(0, slots, snap["positions"].to(row.device, row.dtype))
+        self.offset[item].copy_(snap["offset"].to(self.offset.device))
+
+    def absorb(self, view: StreamingState) -> None:
+        self.filled = view.filled
 
 
 class StreamingTransformer(StreamingModule):
@@ -161,19 +193,30 @@ class StreamingTransformer(StreamingModule):
             torch.zeros(1, dtype=torch.long, device=device),
         )
 
+    def link_states(self) -> None:
+        for layer in self.layers:
+            layer.self_attn.state.index = self._streaming_state
+
     def _grow(self, index: KVIndex, capacity: int) -> None:
         """Enlarge every layer's ring to ``capacity`` slots, oldest entries first (once per new call length).
 
-        Reads the write slot on the host: growing is not part of a steady-state step.
+        Reads the write slot on the host: growing is not part of a steady-state step. Inside ``rows(n)`` the whole
+        batch grows and the views are re-made.
         """
         old = index.capacity
+        whole = index.parent or index
+        whole.filled = index.filled
         # Before the ring wraps, slots 0 .. filled-1 are the written ones and stay in place; after, the oldest
         # entry sits at the write slot and the ring is unrolled from there.
         start = int(index.write) if index.filled == old else 0
         order = torch.arange(start, start + old, device=index.positions.device) % old
         for layer in self.layers:
-            layer.self_attn.state.grow(order, capacity)
-        index.positions = F.pad(index.positions[:, order], (0, capacity - old), value=-1)
+            view = layer.self_attn.state
+            (view.parent or view).grow(order, capacity)
+            if view.parent is not None:
+                view.keys, view.values = view.parent.keys[: view.batch_size], view.parent.values[: view.batch_size]
+        whole.positions = F.pad(whole.positions[:, order], (0, capacity - old), value=-1)
+        index.positions = whole.positions[: index.batch_size]
         index.write.fill_(index.filled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -105,3 +105,92 @@ def test_a_session_joins_the_steps_with_its_first_frame(models):
     (alone,) = generate([wav], mimi, lm, tokenizer, GREEDY, batch_size=1)
     tokens = torch.stack([f.tokens for f in outs[: alone.tokens.shape[-1]]], dim=-1)
     assert torch.equal(tokens, alone.tokens)
+
+
+@pytest.mark.parametrize("buckets", [False, True])
+def test_leaving_from_the_middle_compacts_rows_and_the_others_carry_on(models, buckets):
+    """Sessions leave from the middle while others join: the last row moves into each hole, every remaining
+    session still equals `generate` alone, and only the rows in use are stepped (on CUDA a bucket of rows >= n:
+    ``buckets`` runs that path on CPU, the spare rows on silence)."""
+    mimi, lm, tokenizer = models
+    inputs = {k: speech(1.0 + 0.2 * k) * (0.4 + 0.1 * k) for k in range(5)}
+    inputs[1], inputs[3] = inputs[1].flip(-1), inputs[3].flip(-1)
+    leave = {1: 6, 2: 9}  # leave at these ticks, before their input ends
+    joins = {0: 0, 1: 1, 2: 2, 3: 4, 4: 10}
+    outputs = {k: [] for k in inputs}
+    sessions, rows = {}, []
+    with Engine(mimi, lm, GREEDY, max_sessions=6) as engine:
+        engine.buckets = buckets
+        for tick in range(36):
+            for k, at in joins.items():
+                if at == tick:
+                    sessions[k] = engine.open()
+                    sessions[k].push(inputs[k][0])
+            for k, at in leave.items():
+                if at == tick:
+                    engine.close(sessions.pop(k))
+            engine.step()
+            rows.append(engine.rows)
+            for k, s in sessions.items():
+                outputs[k] += s.pop_outputs()
+        assert sessions[4].slot == 1 and sessions[4].row == 2  # the freed slot; rows 0, 1 are sessions 0 and 3
+    assert rows[:12] == [1, 2, 3, 3, 4, 4, 3, 3, 3, 2, 3, 3]
+    for k in (0, 3, 4):
+        (alone,) = generate([inputs[k]], mimi, lm, tokenizer, GREEDY, batch_size=1)
+        frames = alone.tokens.shape[-1]
+        tokens = torch.stack([f.tokens for f in outputs[k][:frames]], dim=-1)
+        assert torch.equal(tokens, alone.tokens), k
+        model_audio = torch.cat([f.pcm for f in outputs[k][:frames]])[: inputs[k].shape[-1]]
+        assert (model_audio - alone.audio[0]).abs().max() < 1e-4, k
+
+
+def test_bucket_sizes():
+    from fullduplex.inference.engine import bucket
+
+    assert [bucket(n, 64) for n in (1, 2, 3, 5, 9, 17, 32, 33, 49, 64)] == [1, 2, 4, 8, 16, 32, 32, 48, 64, 64]
+    assert bucket(5, 6) == 6 and bucket(70, 80) == 80
+
+
+def test_a_persona_prompt_moved_by_compaction_starts_as_alone(models):
+    """A persona's prompt runs in a row that moves (a session before it leaves mid-prompt); its cached state and
+    the conversation that follows are exactly `generate` with that prompt alone."""
+    from dataclasses import replace
+
+    import fullduplex as fd
+    from fullduplex.inference.persona import Persona, prefill
+    from fullduplex.inference.prompt import Voice, build_schedule
+    from fullduplex.inference.voice import filler_codes
+
+    mimi, tiny_lm, tokenizer = models
+    torch.manual_seed(0)
+    lm = fd.LMModel(replace(tiny_lm.config, dep_q=16, context=64)).eval()
+    g = torch.Generator().manual_seed(3)
+    voice = Voice("v", codes=torch.randint(0, lm.config.card, (8, 4), generator=g))
+    schedule = build_schedule(lm.config, voice, [5, 6, 7], filler_codes(mimi), silence_frames=2)
+    persona = Persona.from_schedule(("v",), schedule, lm.config)
+    wav = speech(0.96) * 0.5
+    with Engine(mimi, lm, GREEDY, max_sessions=3) as engine:
+        leaver, other = engine.open(), engine.open()
+        leaver.push(speech(2.0)[0])
+        other.push(speech(3.0).flip(-1)[0])
+        engine.step()
+        talker = engine.open(persona)
+        engine.step()
+        assert talker.row == 2 and talker.state.value == "prompting"
+        engine.close(leaver)
+        engine.step()
+        assert talker.row == 0  # the last row moved into the hole
+        while not talker.live:
+            engine.step()
+        talker.push(wav[0])
+        outs = []
+        for _ in range(16):
+            engine.step()
+            outs += talker.pop_outputs()
+    cached, alone_state = engine.personas.get(persona.key), prefill(fd.Generator(lm, temp=0, temp_text=0), persona)
+    for name, part in alone_state.items.items():
+        for key, value in part.items():
+            assert torch.allclose(cached.items[name][key].float(), value.float(), atol=1e-5), (name, key)
+    (alone,) = generate([wav], mimi, lm, tokenizer, GREEDY, batch_size=1, prompt=schedule)
+    tokens = torch.stack([f.tokens for f in outs[: alone.tokens.shape[-1]]], dim=-1)
+    assert torch.equal(tokens, alone.tokens)

@@ -74,7 +74,7 @@ def test_cached_start_is_bit_identical_to_the_full_prompt(lm_both, sampled):
         return outs
 
     state = prefill(fd.Generator(lm, temp=0, temp_text=0), p)
-    assert state.steps == P - 1 and state.positions.tolist() == list(range(P - 1))
+    assert state.steps == P - 1 and state.items["lm.transformer"]["positions"].tolist() == list(range(P - 1))
     full, cached = run(False), run(True)
     for t in range(P, T):
         assert torch.equal(full[t][0], cached[t][0]), t
@@ -118,8 +118,14 @@ def test_released_voice_replays_to_the_same_state(lm, tmp_path):
     for voice in (Voice("wav", codes=codes), loaded):
         schedule = build_schedule(lm.config, voice, text, FILLER, silence_frames=2)
         states.append(prefill(fd.Generator(lm, temp=0, temp_text=0), Persona.from_schedule(("x",), schedule, lm.config)))
-    assert (states[0].kv - states[1].kv).abs().max() < 1e-5
-    assert torch.equal(states[0].positions, states[1].positions) and torch.equal(states[0].cache, states[1].cache)
+    a, b = states[0].items, states[1].items
+    assert set(a) == set(b) and len(a) == 2 + lm.config.num_layers
+    for name in a:
+        for key in a[name]:
+            if key in ("keys", "values"):
+                assert (a[name][key] - b[name][key]).abs().max() < 1e-5, (name, key)
+            else:
+                assert torch.equal(a[name][key], b[name][key]), (name, key)
     with pytest.raises(FullduplexError, match="expected a dict"):
         torch.save({"x": 1}, tmp_path / "bad.pt")
         load_voice(tmp_path / "bad.pt", mimi, lm.config)
@@ -129,8 +135,9 @@ def test_cache_is_an_lru_bounded_in_bytes(lm):
     states = {s: prefill(fd.Generator(lm, temp=0, temp_text=0), persona(lm.config, s)) for s in (1, 2, 3)}
     one = states[1].nbytes
     cfg = lm.config
-    n = states[1].positions.shape[0]
-    assert one == cfg.num_layers * 2 * cfg.dim * n * 4 + n * 8 + cfg.num_streams * 3 * 9
+    n = states[1].items["lm.transformer"]["positions"].shape[0]
+    # keys and values (fp32), positions, the token ring and its flags, two offsets
+    assert one == cfg.num_layers * 2 * cfg.dim * n * 4 + n * 8 + cfg.num_streams * 3 * 9 + 2 * 8
     cache = PersonaCache(max_bytes=2 * one)
     cache.put(("a",), states[1])
     cache.put(("b",), states[2])
