@@ -358,6 +358,7 @@ def worker_main(index: int, spec: dict) -> None:
     process ends or a signal comes."""
     logging.basicConfig(level=spec["log_level"], format=f"%(asctime)s %(levelname)s %(name)s[io{index}]: %(message)s")
     torch.set_num_threads(1)  # nothing here is torch work beyond views of numpy arrays
+    logging.getLogger("aiohttp.access").addFilter(lambda record: "GET /api/health " not in record.getMessage())
     channel = SlotChannel.attach(spec["channel"])
     server = WorkerServer(spec["config"], index, channel, spec["control"], spec["wake"], spec["nudge"],
                           spec["pieces"], spec["stats"], spec["personas"])
