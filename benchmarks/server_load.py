@@ -12,8 +12,9 @@ latency percentiles (input frame sent -> the server's audio for it received).
 
 ``--config demo`` serves the bundled demo model (its own Mimi and tokenizer). ``--search`` raises N one session at
 a time from the first ``--clients`` value and reports the largest N that runs in real time: round-trip p99 within
-``--max-p99`` ms and no late frame. The ``loop ms/sf`` column is the CPU time of the server's event-loop thread (the
-sockets, Ogg/Opus and per-session bookkeeping: everything outside the model step) per session-frame.
+``--max-p99`` ms and no late frame. The ``io ms/sf`` column is the server's CPU time outside the model step (the
+sockets, Ogg/Opus and per-session bookkeeping: its event-loop thread, plus the worker processes with
+``--io-workers N``) per session-frame.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -96,23 +98,47 @@ def serve_forever(args: argparse.Namespace) -> None:
             mimi, lm, tokenizer = model_thread.submit(random_models, args.config, args.device, DTYPES[args.dtype], Path(tmp)).result()
     engine = Engine(mimi, lm, Sampling(), max_sessions=max(args.clients))
     server = Server(engine, tokenizer, ServerConfig(port=args.port), model_thread)
-    app = server.app()
+    hub = None
+
+    def io_cpu_seconds() -> float:
+        """CPU time of the server's work outside the model step: this event-loop thread, plus the I/O workers."""
+        total = time.thread_time()
+        for worker in hub.workers if hub is not None else ():
+            with open(f"/proc/{worker.process.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
 
     async def report(request: web.Request) -> web.Response:  # step times of the last measurement, then reset
         times = sorted(engine.step_times)
         engine.step_times.clear()
-        # This handler runs on the event-loop thread: its CPU time is the server's work outside the model step.
         return web.json_response({"step_p50_ms": statistics.median(times) * 1e3 if times else None,
-                                  "loop_cpu_s": time.thread_time()})
+                                  "loop_cpu_s": io_cpu_seconds()})
 
-    app.router.add_get("/bench/steps", report)
-    web.run_app(app, host="127.0.0.1", port=args.port, print=None)
+    if not args.io_workers:
+        app = server.app()
+        app.router.add_get("/bench/steps", report)
+        web.run_app(app, host="127.0.0.1", port=args.port, print=None)
+        return
+    from fullduplex.server.workers import Hub
+
+    hub = Hub(server, args.io_workers)
+
+    async def main() -> None:  # the report on the next port, from this (the model's) process
+        bench = web.Application()
+        bench.router.add_get("/bench/steps", report)
+        runner = web.AppRunner(bench)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", args.port + 1).start()
+        await hub.run()
+
+    asyncio.run(main())
 
 
 def start_server(args: argparse.Namespace) -> subprocess.Popen:
     command = [sys.executable, __file__, "--serve-only", "--config", args.config, "--device", args.device,
                "--dtype", args.dtype, "--threads", str(args.threads), "--port", str(args.port),
-               "--clients", *map(str, args.clients)]
+               "--clients", *map(str, args.clients), "--io-workers", str(args.io_workers)]
     if args.switch_interval is not None:
         command += ["--switch-interval", str(args.switch_interval)]
     process = subprocess.Popen(command)
@@ -129,8 +155,9 @@ def start_server(args: argparse.Namespace) -> subprocess.Popen:
     sys.exit("the server did not start within 600 s")
 
 
-def server_report(port: int) -> tuple[float, float]:
-    """(median step in ms since the last call, the event-loop thread's CPU seconds so far)."""
+def server_report(port: int, io_workers: int = 0) -> tuple[float, float]:
+    """(median step in ms since the last call, CPU seconds so far of the server's work outside the model step)."""
+    port = port + 1 if io_workers else port  # with I/O workers the model process reports on the next port
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/bench/steps", timeout=10) as response:
         report = json.loads(response.read())
     value = report["step_p50_ms"]
@@ -178,6 +205,8 @@ def main() -> None:
                         help="spread the clients over this many processes (for large N on a many-core machine)")
     parser.add_argument("--switch-interval", type=float, default=None,
                         help="the server's GIL switch interval in seconds (default: the server's own, 0.0005)")
+    parser.add_argument("--io-workers", type=int, default=0,
+                        help="serve with this many I/O worker processes (fullduplex serve --io-workers); 0: in process")
     parser.add_argument("--search", action="store_true",
                         help="raise N from the first --clients value until a run is not real time; report the largest")
     parser.add_argument("--max-p99", type=float, default=200.0, help="--search: round-trip p99 bound in ms")
@@ -192,8 +221,9 @@ def main() -> None:
     dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {args.threads} threads"
     mode = "real time" if args.realtime else "--fast"
     print(f"server load: LM {args.config} ({args.dtype}), Mimi, {dev}; clients send {args.seconds:g} s each, {mode};")
-    print("a server with N slots per row (every slot is stepped, so slots cost compute even when idle)")
-    print(f"{'N':>4}{'frames/s':>10}{'step p50 ms':>13}{'rtt p50':>9}{'p95':>8}{'p99':>8}{'late':>7}{'loop ms/sf':>12}")
+    io = f"{args.io_workers} I/O worker processes" if args.io_workers else "sockets and Opus in the model's process"
+    print(f"a server with N slots per row; {io}")
+    print(f"{'N':>4}{'frames/s':>10}{'step p50 ms':>13}{'rtt p50':>9}{'p95':>8}{'p99':>8}{'late':>7}{'io ms/sf':>12}")
     best = None
     counts = itertools.count(args.clients[0]) if args.search else iter(args.clients)
     for n in counts:
@@ -214,14 +244,14 @@ def measure(args: argparse.Namespace, n: int, pcm: np.ndarray, url: str) -> tupl
     server = start_server(argparse.Namespace(**{**vars(args), "clients": [n]}))
     try:
         asyncio.run(load(url, 1, pcm[:24000], fast=True))  # warm-up: first steps allocate and fill caches
-        _, cpu_before = server_report(args.port)
+        _, cpu_before = server_report(args.port, args.io_workers)
         processes = min(n, args.client_processes)
         if processes > 1:
             elapsed, latency, late = load_in_processes(url, n, pcm, not args.realtime, processes)
         else:
             elapsed, latency, late = asyncio.run(load(url, n, pcm, fast=not args.realtime))
         frames = n * len(pcm) // 1920
-        step, cpu_after = server_report(args.port)
+        step, cpu_after = server_report(args.port, args.io_workers)
         summary = latency_summary(latency)
         print(f"{n:>4}{frames / elapsed:>10.1f}{step:>13.1f}{summary['p50']:>9.0f}"
               f"{summary['p95']:>8.0f}{summary['p99']:>8.0f}{late:>7}{(cpu_after - cpu_before) * 1e3 / frames:>12.2f}",

@@ -70,6 +70,10 @@ def register(subparsers: Any) -> None:
                      help="a web page origin (https://host[:port]) allowed to open /api/chat besides pages of this server's "
                           "own host; repeatable; '*' for any (clients that send no Origin, as non-browsers, always "
                           "pass)")
+    net.add_argument("--io-workers", type=int, default=0, metavar="N",
+                     help="run the sockets and the Ogg/Opus work in N worker processes sharing the port, so the model "
+                     "never waits for them (see docs/architecture.md: worth it from a few dozen sessions on a "
+                     "many-core machine); 0: in the model's process (default: %(default)s)")
     net.add_argument("--static", metavar="DIR", default="",
                      help="the web page at /: a folder with an index.html to serve instead of fullduplex's own, or "
                      "'none' for no page (the API only), as moshi.server's --static (default: fullduplex's page)")
@@ -193,6 +197,8 @@ def serve_command(args: argparse.Namespace) -> int:
     if args.persona_cache_mb < 0:
         raise FullduplexError("--persona-cache-mb must be >= 0")
     devices = parse_devices(args.devices, args.device)
+    if args.io_workers < 0:
+        raise FullduplexError(f"--io-workers must be >= 0, got {args.io_workers}")
     if args.static and args.static != "none" and not (Path(args.static) / "index.html").is_file():
         raise FullduplexError(f"--static {args.static}: no index.html there; give a folder holding one, or 'none'")
     try:
@@ -229,7 +235,12 @@ def serve_command(args: argparse.Namespace) -> int:
     where = f" ({args.max_sessions} on each of {', '.join(lane.device for lane in lanes)})" if len(lanes) > 1 else ""
     print(f"serving {models.lm_path.name} to up to {args.max_sessions * len(lanes)} conversations{where} at "
           f"{scheme}://{args.host}:{args.port}/api/chat (health: /api/health, metrics: /api/metrics)", flush=True)
-    web.run_app(server.app(), host=args.host, port=args.port, ssl_context=context,
-                print=lambda _: print(page_url(args.host, args.port, context is not None), flush=True),
-                access_log_class=RedactingAccessLogger)
+    announce = lambda *_: print(page_url(args.host, args.port, context is not None), flush=True)
+    if args.io_workers:
+        from ..server.workers import serve_with_workers
+
+        serve_with_workers(server, args.io_workers, args.ssl, on_ready=announce)
+    else:
+        web.run_app(server.app(), host=args.host, port=args.port, ssl_context=context, print=announce,
+                    access_log_class=RedactingAccessLogger)
     return 0

@@ -36,6 +36,7 @@ from aiohttp import WSMsgType, web
 from aiohttp.web_log import AccessLogger
 
 from ..inference.engine import Engine, EngineFull, Session
+from ..inference.persona import Persona
 from ..text.tokenizer import TextTokenizer
 from . import protocol
 from .metrics import metrics_text
@@ -310,8 +311,7 @@ class Server:
         if self.personas is not None:
             query = request.query
             try:
-                persona = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self.personas.persona, query.get("text_prompt"), query.get("voice_prompt"))
+                persona = await self._persona(query.get("text_prompt"), query.get("voice_prompt"))
             except PersonaError as e:
                 await self._fail(ws, peer, str(e))
                 return
@@ -320,7 +320,7 @@ class Server:
                 await self._fail(ws, peer, "the server could not build this persona; see its log")
                 return
         try:
-            session = self.pool.open(persona)
+            session = await self._open(persona)
         except EngineFull as e:
             self.refused += 1
             log.info("%s: refused: %s", peer, e)
@@ -341,7 +341,7 @@ class Server:
         finally:
             if first is not None and not first.done():
                 first.cancel()
-            self.pool.close(session)
+            self._close(session)
             self._outputs.pop(session, None)
             if sender is not None:
                 sender.cancel()
@@ -351,6 +351,19 @@ class Server:
                     pass
             if not ws.closed:
                 await ws.close()
+
+    # The three places a conversation meets the engines (overridden by the I/O workers of ``workers.py``, whose
+    # engines live in another process).
+    async def _persona(self, text_prompt: str | None, voice_prompt: str | None) -> Persona | None:
+        """The persona a client asks for (PersonaError when it cannot have it); built on the model thread."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self.personas.persona, text_prompt, voice_prompt)
+
+    async def _open(self, persona: Persona | None) -> Session:
+        return self.pool.open(persona)
+
+    def _close(self, session: Session) -> None:
+        self.pool.close(session)
 
     async def _await_prompt(
         self, ws: web.WebSocketResponse, session: Session, ready: asyncio.Event,
