@@ -31,12 +31,13 @@ CHECKPOINTS = "checkpoints"
 BEST = "best.json"
 # What `fullduplex train` writes in run.output (the LM and the codec recipes; the loss curve and TensorBoard
 # logs when their libraries are installed).
+# recipe.yaml: the native recipe `train` writes first when it translates a moshi-finetune recipe.
 RUN_FILES = frozenset({"config.json", "metrics.jsonl", CHECKPOINTS, BEST, "tensorboard", "loss.png",
-                       "mimi.safetensors", "mimi_config.json"})
+                       "mimi.safetensors", "mimi_config.json", "recipe.yaml"})
 
 
 def _run_files(folder: Path) -> set[str] | None:
-    if not (folder / "config.json").is_file():
+    if not (folder / "config.json").is_file() and not (folder / "recipe.yaml").is_file():
         return None
     # .NAME.XXXX.tmp: what a kill during an atomic write leaves (see atomic.temporary_beside)
     return set(RUN_FILES) | {p.name for p in folder.glob(".*.tmp")}
