@@ -3,7 +3,7 @@
 # Extra arguments go to pytest, e.g.  scripts/test.sh tests/codec -k parity
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-FULLDUPLEX_EXTRAS="${FULLDUPLEX_EXTRAS:-dev,eval,train}" source "$ROOT/scripts/setup.sh"
+FULLDUPLEX_EXTRAS="${FULLDUPLEX_EXTRAS:-dev,eval,train,metrics}" source "$ROOT/scripts/setup.sh"
 cd "$ROOT"
 # Debian packages some tests drive: installed where we may (root with apt), else those tests are skipped.
 need_debian() {  # need_debian "COMMANDS" "PACKAGES" "WHAT FOR"
