@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import random
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -81,22 +80,13 @@ def log(level: str, message: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, run, and return the exit status: 0, or 2 with one ``error: ...`` line on stderr."""
-    from .cli.main import EXIT_ERROR, EXIT_INTERRUPTED, _warning_printer, one_line
+    from .cli.main import run_command
 
-    try:
-        args = build_parser().parse_args(None if argv is None else list(argv))
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_ERROR)
-    with warnings.catch_warnings(), torch.inference_mode():
-        warnings.showwarning = _warning_printer(sys.stderr)
-        try:
+    def command(args: argparse.Namespace) -> int:
+        with torch.inference_mode():
             return run(args)
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return EXIT_INTERRUPTED
-        except (FullduplexError, ValueError, OSError) as e:
-            print(f"error: {one_line(e)}", file=sys.stderr)
-            return EXIT_ERROR
+
+    return run_command(build_parser(), argv, command)
 
 
 def model_arguments(args: argparse.Namespace, seed: int) -> argparse.Namespace:

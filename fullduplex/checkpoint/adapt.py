@@ -47,7 +47,7 @@ from ..text.tokenizer import TOKENIZER_NAME, TextTokenizer
 from ..text.train import BOS_ID, EOS_ID
 from .convert import checkpoint_folder
 from .lm import MIMI_MARKERS, MOSHI_NAME, from_released, resolve_lm
-from .resolve import DEFAULT_REPO, repo_config
+from .resolve import DEFAULT_REPO, read_config_json, repo_config
 from .state import check_state_dict
 from .stream import LazyCheckpoint, TensorSpec, write_safetensors_streaming
 
@@ -173,12 +173,7 @@ def _source_config(
         elif (folder / "config.json").is_file():
             source = folder / "config.json"
     if source is not None:
-        try:
-            raw = json.loads(source.read_text())
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"could not read LM config {source}: {e}") from None
-        if not isinstance(raw, dict):
-            raise CheckpointError(f"{source}: not a valid config.json (expected an object)")
+        raw = read_config_json(source)
         try:
             found = LMConfig.from_moshi_dict(raw, source=str(source))
         except (TypeError, ValueError) as e:

@@ -26,7 +26,7 @@ from ..lm.quantize import quantize as quantize_lm
 from ..nn.transformer import gating_hidden
 from .builder import StateBuilder
 from .mlx import is_mlx_keys, read_mlx
-from .resolve import DEFAULT_REPO, hf_download, repo_config, resolve_file
+from .resolve import DEFAULT_REPO, hf_download, read_config_json, repo_config, resolve_file
 from .state import SAFETENSORS_SUFFIXES, assign_weights, check_state_dict, iter_state_dict, write_safetensors
 
 MOSHI_NAME = "model.safetensors"
@@ -109,12 +109,7 @@ def to_released(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def read_lm_config(path: str | Path) -> LMConfig | None:
     """An :class:`LMConfig` from a moshi-style ``config.json`` file (None if it names no LM setting)."""
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"could not read LM config {path}: {e}") from None
-    return _config_from_dict(raw, str(path))
+    return _config_from_dict(read_config_json(Path(path)), str(path))
 
 
 def resolve_lm(path_or_hf: str | Path | None = None, hf_repo: str | None = None) -> tuple[Path, LMConfig | None]:
@@ -137,10 +132,7 @@ def resolve_lm(path_or_hf: str | Path | None = None, hf_repo: str | None = None)
     folder = Path(text.removeprefix("file://")).expanduser()
     raw = None
     if (folder / "config.json").is_file():
-        try:
-            raw = json.loads((folder / "config.json").read_text())
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"could not read LM config {folder / 'config.json'}: {e}") from None
+        raw = read_config_json(folder / "config.json")
         config = _config_from_dict(raw, str(folder / "config.json"))
     else:
         config = None

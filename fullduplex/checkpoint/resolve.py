@@ -59,13 +59,19 @@ def repo_config(repo: str) -> tuple[dict | None, bool]:
         return None, False
     except CheckpointError:
         return None, True
+    return read_config_json(config_path), True
+
+
+def read_config_json(path: Path) -> dict:
+    """A moshi-style ``config.json`` as a dict; CheckpointError naming the file when it is unreadable or not a JSON
+    object."""
     try:
-        config = json.loads(config_path.read_text())
+        config = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"{config_path}: not a valid config.json ({e})") from None
+        raise CheckpointError(f"could not read {path}: {e}") from None
     if not isinstance(config, dict):
-        raise CheckpointError(f"{config_path}: not a valid config.json (expected an object)")
-    return config, True
+        raise CheckpointError(f"{path}: not a moshi config.json (expected a JSON object)")
+    return config
 
 
 def repo_file_name(repo: str, key: str, default: str) -> tuple[str, bool]:

@@ -116,7 +116,14 @@ def _warning_printer(stream: TextIO) -> Callable[..., None]:
 def run(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), run the command, and return its exit status (never raises
     ``SystemExit``: ``--help`` and ``--version`` return 0, usage errors 2)."""
-    parser = build_parser()
+    return run_command(build_parser(), argv, lambda args: args.func(args))
+
+
+def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+                command: Callable[[argparse.Namespace], int | None]) -> int:
+    """Parse ``argv`` with ``parser`` and run ``command(args)`` as every fullduplex entry point does: warnings as
+    ``warning:`` lines, an expected error as one ``error:`` line and status 2 (the traceback with ``--traceback``),
+    Ctrl-C as status 130; ``--help`` returns 0 and usage errors 2 (never raises ``SystemExit``)."""
     try:
         args = parser.parse_args(None if argv is None else list(argv))
     except SystemExit as e:  # --help, --version, usage errors
@@ -124,12 +131,12 @@ def run(argv: Sequence[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.showwarning = _warning_printer(sys.stderr)
         try:
-            return int(args.func(args) or 0)
+            return int(command(args) or 0)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED
         except (FullduplexError, ValueError, OSError) as e:
-            if args.traceback:
+            if getattr(args, "traceback", False):
                 raise
             print(f"error: {one_line(e)}", file=sys.stderr)
             return EXIT_ERROR

@@ -160,19 +160,8 @@ def model_config_json(args: argparse.Namespace) -> tuple[dict | None, str]:
     """(the model's moshi-style ``config.json`` as a dict, or None; where it came from): ``--config`` when it is a
     JSON file, else the one in a ``--moshi-weight`` folder (none for a weights file, as :func:`resolve_lm`), else
     the ``--hf-repo``'s (from the cache or the hub, as the weights)."""
-    import json
-
+    from ..checkpoint.resolve import read_config_json as read
     from ..checkpoint.resolve import repo_config
-    from ..errors import CheckpointError
-
-    def read(path: Path) -> dict:
-        try:
-            raw = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"could not read {path}: {e}") from None
-        if not isinstance(raw, dict):
-            raise CheckpointError(f"{path}: not a moshi config.json (expected a JSON object)")
-        return raw
 
     if args.config is not None and args.config not in LM_PRESETS:
         return read(Path(args.config)), str(args.config)

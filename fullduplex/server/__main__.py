@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from collections.abc import Sequence
 
 from ..checkpoint.resolve import DEFAULT_REPO
@@ -99,24 +98,14 @@ def check(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse moshi's flags and run ``fullduplex serve``; errors as one ``error: ...`` line, exit status 2."""
-    from ..cli.main import EXIT_ERROR, EXIT_INTERRUPTED, _warning_printer, one_line
+    from ..cli.main import run_command
     from ..cli.serve import serve_command
 
-    try:
-        args = build_parser().parse_args(None if argv is None else list(argv))
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_ERROR)
-    with warnings.catch_warnings():
-        warnings.showwarning = _warning_printer(sys.stderr)
-        try:
-            check(args)
-            return int(serve_command(serve_arguments(args)) or 0)
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return EXIT_INTERRUPTED
-        except (FullduplexError, ValueError, OSError) as e:
-            print(f"error: {one_line(e)}", file=sys.stderr)
-            return EXIT_ERROR
+    def command(args: argparse.Namespace) -> int | None:
+        check(args)
+        return serve_command(serve_arguments(args))
+
+    return run_command(build_parser(), argv, command)
 
 
 if __name__ == "__main__":

@@ -470,6 +470,10 @@ class Server:
                 if out.text is not None and self.tokenizer.is_text(out.text):
                     await ws.send_bytes(protocol.text(self.tokenizer.piece(out.text)))
 
+    def counters(self) -> dict[str, int]:
+        """The counters ``/api/metrics`` reports (refused, errors, paced, behind)."""
+        return {"refused": self.refused, "errors": self.errors, "paced": self.paced, "behind": self.behind}
+
     @property
     def healthy(self) -> bool:
         """False once a stepping task has died (a failed model step): its sessions would get no more audio."""

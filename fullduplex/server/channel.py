@@ -7,7 +7,8 @@ every engine slot, two single-producer single-consumer rings of such frames in o
 shared-memory block, so a frame crosses with two memory copies and no pickling, no syscall and no lock:
 
 - input ring (the worker writes, the model reads): ``in_frames`` frames of ``frame_size`` float32 samples;
-- output ring (the model writes, the worker reads): ``out_frames`` frames of PCM plus ``tokens`` int64 each.
+- output ring (the model writes, the worker reads): ``out_frames`` frames of PCM, ``tokens`` int64 and the text
+  token (or none) each.
 
 Each ring has a write and a read counter (int64, only ever increased, each by its own side). A side writes the
 frame's data first and then its counter, and reads the other side's counter before the data, so a reader never sees
@@ -41,6 +42,7 @@ class SlotChannel:
         shapes = [
             ("counters", (slots, 8), np.int64),  # IN_WRITE, IN_READ, OUT_WRITE, OUT_READ, DROPPED, (spare)
             ("out_tokens", (slots, out_frames, tokens), np.int64),
+            ("out_text", (slots, out_frames), np.int64),  # -1: no text token
             ("in_pcm", (slots, in_frames, frame_size), np.float32),
             ("out_pcm", (slots, out_frames, frame_size), np.float32),
         ]
@@ -71,7 +73,7 @@ class SlotChannel:
 
     def close(self) -> None:
         """Detach; the creating side also frees the block."""
-        for field in ("counters", "out_tokens", "in_pcm", "out_pcm"):
+        for field in ("counters", "out_tokens", "out_text", "in_pcm", "out_pcm"):
             setattr(self, field, None)  # views must go before the buffer can be released
         self._shm.close()
         if self._owner:
@@ -97,9 +99,9 @@ class SlotChannel:
         c[IN_READ] = read + 1
         return frame
 
-    def write_output(self, slot: int, pcm: np.ndarray, tokens: np.ndarray) -> bool:
-        """Append one output frame (pcm float32 [frame_size], tokens int64 [tokens]); False (and counted in
-        ``dropped``) when the worker has not read the last ``out_frames`` frames."""
+    def write_output(self, slot: int, pcm: np.ndarray, tokens: np.ndarray, text: int | None = None) -> bool:
+        """Append one output frame (pcm float32 [frame_size], tokens int64 [tokens], the text token or None); False
+        (and counted in ``dropped``) when the worker has not read the last ``out_frames`` frames."""
         c = self.counters[slot]
         write = int(c[OUT_WRITE])
         if write - int(c[OUT_READ]) >= self.out_frames:
@@ -108,6 +110,7 @@ class SlotChannel:
         index = write % self.out_frames
         self.out_pcm[slot, index] = pcm
         self.out_tokens[slot, index] = tokens
+        self.out_text[slot, index] = -1 if text is None else text
         c[OUT_WRITE] = write + 1
         return True
 
@@ -131,13 +134,15 @@ class SlotChannel:
         c[IN_WRITE] = write + 1
         return True
 
-    def read_outputs(self, slot: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Every output frame of ``slot`` not read yet, oldest first: (pcm [frame_size], tokens [tokens]) copies."""
+    def read_outputs(self, slot: int) -> list[tuple[np.ndarray, int | None, np.ndarray]]:
+        """Every output frame of ``slot`` not read yet, oldest first: (pcm [frame_size], text token or None,
+        tokens [tokens]), copies."""
         c = self.counters[slot]
         read, write = int(c[OUT_READ]), int(c[OUT_WRITE])
         out = []
         for n in range(read, write):
             index = n % self.out_frames
-            out.append((self.out_pcm[slot, index].copy(), self.out_tokens[slot, index].copy()))
+            text = int(self.out_text[slot, index])
+            out.append((self.out_pcm[slot, index].copy(), None if text < 0 else text, self.out_tokens[slot, index].copy()))
         c[OUT_READ] = write
         return out

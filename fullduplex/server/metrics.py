@@ -76,6 +76,7 @@ def families(server: Any) -> list[Family]:
         histogram.update(lane.engine.steps, recent)
         histograms.append(histogram)
     cache_bytes, cache_entries, cache_hits, cache_misses = pool.persona_cache()
+    counts = server.counters()
 
     def one(name: str, kind: str, help: str, value: float) -> Family:
         sample = f"{name}_total" if kind == "counter" else name
@@ -86,12 +87,12 @@ def families(server: Any) -> list[Family]:
         one("fullduplex_sessions_max", "gauge", "Conversation slots (--max-sessions on every device).",
             pool.max_sessions),
         one("fullduplex_steps", "counter", "Model steps run (one frame of every live conversation each).", pool.steps),
-        one("fullduplex_steps_behind", "counter", "Steps that took longer than one frame (80 ms).", server.behind),
+        one("fullduplex_steps_behind", "counter", "Steps that took longer than one frame (80 ms).", counts["behind"]),
         one("fullduplex_sessions_refused", "counter", "Connections refused because every slot was busy.",
-            server.refused),
-        one("fullduplex_session_errors", "counter", "Conversations ended by an error.", server.errors),
+            counts["refused"]),
+        one("fullduplex_session_errors", "counter", "Conversations ended by an error.", counts["errors"]),
         one("fullduplex_sessions_paced", "counter",
-            "Times a session's socket was left unread (its audio or message rate over a limit).", server.paced),
+            "Times a session's socket was left unread (its audio or message rate over a limit).", counts["paced"]),
         one("fullduplex_persona_cache_bytes", "gauge", "Prompt cache: bytes held.", cache_bytes),
         one("fullduplex_persona_cache_entries", "gauge", "Prompt cache: entries held.", cache_entries),
         one("fullduplex_persona_cache_hits", "counter", "Prompt cache: hits.", cache_hits),

@@ -121,10 +121,8 @@ class RemoteSession:
     def collect(self) -> int:
         """Take the frames the model wrote since the last call; how many."""
         frames = self.channel.read_outputs(self.slot)
-        for pcm, tokens in frames:
-            text = int(tokens[0])
-            self._outputs.append(FrameOutput(torch.from_numpy(pcm), None if text < 0 else text,
-                                             torch.from_numpy(tokens[1:])))
+        for pcm, text, tokens in frames:
+            self._outputs.append(FrameOutput(torch.from_numpy(pcm), text, torch.from_numpy(tokens)))
         return len(frames)
 
     def pop_outputs(self) -> list[FrameOutput]:
@@ -294,10 +292,7 @@ class WorkerServer(Server):
         while True:
             await asyncio.sleep(1.0)
             if self._model_alive:
-                self.control.send(("counters", -1, self._counters()))
-
-    def _counters(self) -> dict:
-        return {"refused": self.refused, "errors": self.errors, "paced": self.paced}
+                self.control.send(("counters", -1, super().counters()))
 
     # --- the conversation's meeting points with the engines ---------------------------------------------------
     async def _persona(self, text_prompt: str | None, voice_prompt: str | None) -> Any:
@@ -327,7 +322,7 @@ class WorkerServer(Server):
     # --- routes that read the model's state -------------------------------------------------------------------
     async def _refresh(self) -> None:
         if self._model_alive:
-            self.pool.update(await self._request("stats", self._counters()))
+            self.pool.update(await self._request("stats", super().counters()))
 
     async def health(self, request: web.Request) -> web.Response:
         try:
@@ -339,14 +334,11 @@ class WorkerServer(Server):
     async def metrics(self, request: web.Request) -> web.Response:
         self._require_auth(request)
         await self._refresh()
-        own = self._counters()
-        totals = self.pool.stats["counters"]
-        self.refused, self.errors, self.paced = totals["refused"], totals["errors"], totals["paced"]
-        self.behind = self.pool.stats["behind"]
-        try:
-            return await super().metrics(request)
-        finally:
-            self.refused, self.errors, self.paced = own["refused"], own["errors"], own["paced"]
+        return await super().metrics(request)
+
+    def counters(self) -> dict[str, int]:
+        """The whole server's counters: every worker's (as the model process last heard them) and its steps."""
+        return {**self.pool.stats["counters"], "behind": self.pool.stats["behind"]}
 
     async def voices(self, request: web.Request) -> web.Response:
         self._require_auth(request)
@@ -402,7 +394,6 @@ class _Worker:
     nudge: Any  # our (read) end: the worker wrote input
     ready: asyncio.Future
     counters: dict = field(default_factory=lambda: {"refused": 0, "errors": 0, "paced": 0})
-    sessions: set[int] = field(default_factory=set)  # channel slots
     personas: dict[int, Any] = field(default_factory=dict)  # persona number -> Persona, until opened
 
 
@@ -420,10 +411,10 @@ class Hub:
             self.offsets.append(total)
             total += lane.engine.max_sessions
         engine = pool.engines[0]
-        tokens = 2 + engine.lm.config.own_q  # text (-1: none), then the text token and the audio codes
+        tokens = 1 + engine.lm.config.own_q  # a frame's tokens: the text token and the audio codes
         self.channel = SlotChannel(total, engine.mimi.frame_size, tokens, in_frames, out_frames)
         self.pieces = PieceTable.of(server.tokenizer, engine.lm.config.text_card + 1)
-        self.sessions: dict[int, tuple[_Worker, Session, Any]] = {}  # channel slot -> (worker, session, lane)
+        self.sessions: dict[int, tuple[_Worker, Session]] = {}  # channel slot -> (its worker, its engine session)
         self._live: set[int] = set()  # channel slots whose worker knows they are live
         self.workers: list[_Worker] = []
         self._context = multiprocessing.get_context("spawn")
@@ -471,7 +462,7 @@ class Hub:
         loop = asyncio.get_running_loop()
         for fd in (worker.control.fileno(), worker.nudge.fileno()):
             loop.remove_reader(fd)
-        for slot in list(worker.sessions):
+        for slot in [slot for slot, (owner, _) in self.sessions.items() if owner is worker]:
             self._close(worker, slot)
         if not worker.ready.done():
             worker.ready.set_exception(FullduplexError(why))
@@ -479,7 +470,7 @@ class Hub:
             end.close()
         if worker in self.workers:
             self.workers.remove(worker)
-        if self._stopping or not worker.ready.done() or worker.ready.exception() is not None:
+        if self._stopping or worker.ready.exception() is not None:  # stopping, or it never started
             return
         log.error("I/O worker %d ended (%s); its sessions were closed", worker.index, why)
         now = time.monotonic()
@@ -499,16 +490,12 @@ class Hub:
             pass
         except OSError:
             return
-        self._pull_input(worker.sessions)
+        self._pull_input()
 
-    def _pull_input(self, slots: Any) -> None:
+    def _pull_input(self) -> None:
         """Move up to one frame per session from its ring into its engine session (the step loop wakes)."""
         moved = False
-        for slot in slots:
-            entry = self.sessions.get(slot)
-            if entry is None:
-                continue
-            session = entry[1]
+        for slot, (_, session) in self.sessions.items():
             if session.buffered < session.frame_size:
                 frame = self.channel.read_input(slot)
                 if frame is not None:
@@ -579,12 +566,9 @@ class Hub:
             session = pool.open(persona)
         except EngineFull as e:
             return ("full", str(e))
-        lane_index = next(i for i, lane in enumerate(pool.lanes)
-                          if session.slot < lane.engine.max_sessions and lane.engine.sessions[session.slot] is session)
-        slot = self.offsets[lane_index] + session.slot
+        slot = self.offsets[pool.lanes.index(pool.lane_of(session))] + session.slot
         self.channel.clear(slot)
-        self.sessions[slot] = (worker, session, pool.lanes[lane_index])
-        worker.sessions.add(slot)
+        self.sessions[slot] = (worker, session)
         if session.live:
             self._live.add(slot)
         else:
@@ -596,7 +580,6 @@ class Hub:
         if entry is None or entry[0] is not worker:
             return
         del self.sessions[slot]
-        worker.sessions.discard(slot)
         self._live.discard(slot)
         self.server.pool.close(entry[1])
 
@@ -607,7 +590,7 @@ class Hub:
             stepped = server._stepped
             await stepped.wait()
             woken = set()
-            for slot, (worker, session, _) in list(self.sessions.items()):
+            for slot, (worker, session) in list(self.sessions.items()):
                 if not session.live:
                     continue
                 if slot not in self._live:  # its persona prompt has just finished: the worker sends the handshake
@@ -617,12 +600,9 @@ class Hub:
                     except OSError:
                         pass
                 for out in session.pop_outputs():
-                    tokens = np.empty(self.channel.tokens, np.int64)
-                    tokens[0] = -1 if out.text is None else out.text
-                    tokens[1:] = out.tokens.numpy()
-                    self.channel.write_output(slot, out.pcm.numpy(), tokens)
+                    self.channel.write_output(slot, out.pcm.numpy(), out.tokens.numpy(), out.text)
                 woken.add(worker)
-            self._pull_input(list(self.sessions))
+            self._pull_input()
             for worker in woken:
                 try:
                     os.write(worker.wake.fileno(), b"s")

@@ -112,6 +112,25 @@ def test_a_session_joins_the_steps_with_its_first_frame(models):
     assert torch.equal(tokens, alone.tokens)
 
 
+def drive(engine: Engine, inputs: dict, joins: dict, leave: dict, ticks: int = 36) -> tuple[dict, dict, list]:
+    """Step ``engine`` ``ticks`` times; session k opens at tick ``joins[k]`` with its whole input and closes at
+    ``leave[k]``. (outputs per session, the sessions still open, the rows stepped at each tick)."""
+    outputs, sessions, rows = {k: [] for k in inputs}, {}, []
+    for tick in range(ticks):
+        for k, at in joins.items():
+            if at == tick:
+                sessions[k] = engine.open()
+                sessions[k].push(inputs[k][0])
+        for k, at in leave.items():
+            if at == tick:
+                engine.close(sessions.pop(k))
+        engine.step()
+        rows.append(engine.rows)
+        for k, s in sessions.items():
+            outputs[k] += s.pop_outputs()
+    return outputs, sessions, rows
+
+
 @pytest.mark.parametrize("buckets", [False, True])
 def test_leaving_from_the_middle_compacts_rows_and_the_others_carry_on(models, buckets):
     """Sessions leave from the middle while others join: the last row moves into each hole, every remaining
@@ -122,22 +141,9 @@ def test_leaving_from_the_middle_compacts_rows_and_the_others_carry_on(models, b
     inputs[1], inputs[3] = inputs[1].flip(-1), inputs[3].flip(-1)
     leave = {1: 6, 2: 9}  # leave at these ticks, before their input ends
     joins = {0: 0, 1: 1, 2: 2, 3: 4, 4: 10}
-    outputs = {k: [] for k in inputs}
-    sessions, rows = {}, []
     with Engine(mimi, lm, GREEDY, max_sessions=6) as engine:
         engine.buckets = buckets
-        for tick in range(36):
-            for k, at in joins.items():
-                if at == tick:
-                    sessions[k] = engine.open()
-                    sessions[k].push(inputs[k][0])
-            for k, at in leave.items():
-                if at == tick:
-                    engine.close(sessions.pop(k))
-            engine.step()
-            rows.append(engine.rows)
-            for k, s in sessions.items():
-                outputs[k] += s.pop_outputs()
+        outputs, sessions, rows = drive(engine, inputs, joins, leave)
         assert sessions[4].slot == 1 and sessions[4].row == 2  # the freed slot; rows 0, 1 are sessions 0 and 3
     assert rows[:12] == [1, 2, 3, 3, 4, 4, 3, 3, 3, 2, 3, 3]
     for k in (0, 3, 4):

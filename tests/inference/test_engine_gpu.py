@@ -8,6 +8,7 @@ import torch
 
 from fullduplex.inference import Engine, Sampling, generate
 from tests.helpers import speech, tiny_models
+from tests.inference.test_engine import drive
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 GREEDY = Sampling(temp=0, temp_text=0)
@@ -18,21 +19,9 @@ def test_bucketed_engine_equals_generate_alone(tmp_path):
     mimi, lm = mimi.cuda(), lm.cuda()
     inputs = {k: speech(1.0 + 0.2 * k) * (0.4 + 0.1 * k) for k in range(5)}
     joins, leave = {0: 0, 1: 1, 2: 2, 3: 4, 4: 10}, {1: 6, 2: 9}
-    outputs, sessions, rows = {k: [] for k in inputs}, {}, []
     with Engine(mimi, lm, GREEDY, max_sessions=8) as engine:
         assert engine.buckets
-        for tick in range(36):
-            for k, at in joins.items():
-                if at == tick:
-                    sessions[k] = engine.open()
-                    sessions[k].push(inputs[k][0])
-            for k, at in leave.items():
-                if at == tick:
-                    engine.close(sessions.pop(k))
-            engine.step()
-            rows.append(engine.rows)
-            for k, s in sessions.items():
-                outputs[k] += s.pop_outputs()
+        outputs, _, rows = drive(engine, inputs, joins, leave)
     assert {1, 2, 3, 4} <= set(rows)  # buckets 1, 2, 4 ran
     for k in (0, 3, 4):
         (alone,) = generate([inputs[k]], mimi, lm, tokenizer, GREEDY, batch_size=1)

@@ -17,7 +17,7 @@ def _worker(spec: dict, frames: int, done) -> None:
     while len(got) < frames:
         if sent < frames and channel.write_input(1, np.full(channel.frame_size, sent, np.float32)):
             sent += 1
-        got += [int(tokens[0]) for _, tokens in channel.read_outputs(1)]
+        got += [int(tokens[0]) for _, text, tokens in channel.read_outputs(1) if text == int(tokens[0])]
         time.sleep(0)
     done.send(got)
     channel.close()
@@ -37,7 +37,7 @@ def test_frames_cross_processes_in_order_and_whole():
             continue
         assert np.all(frame == received)  # whole, and in order: never a frame half-written
         tokens = np.full(9, received, np.int64)
-        while not channel.write_output(1, frame, tokens):
+        while not channel.write_output(1, frame, tokens, received):
             time.sleep(0)
         received += 1
     assert parent.recv() == list(range(200))
@@ -55,7 +55,8 @@ def test_full_rings_refuse_and_clear_empties():
     assert channel.input_ready(0) == 2 and channel.read_input(0)[0] == 1 and channel.input_space(0) == 1
     assert channel.write_output(1, frame, np.zeros(2, np.int64)) and channel.write_output(1, frame, np.ones(2, np.int64))
     assert not channel.write_output(1, frame, np.ones(2, np.int64)) and channel.dropped(1) == 1
-    assert [int(t[0]) for _, t in channel.read_outputs(1)] == [0, 1] and channel.read_outputs(1) == []
+    assert [(text, int(t[0])) for _, text, t in channel.read_outputs(1)] == [(None, 0), (None, 1)]
+    assert channel.read_outputs(1) == []
     channel.clear(0)
     assert channel.read_input(0) is None and channel.input_space(0) == 2 and channel.dropped(1) == 1
     channel.close()

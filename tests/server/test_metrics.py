@@ -48,7 +48,8 @@ class Pool:  # what the metrics read of fullduplex.server.pool.EnginePool (one e
 
 def fake_server() -> SimpleNamespace:
     engine = Engine()
-    return SimpleNamespace(engine=engine, pool=Pool(engine), behind=1, refused=5, errors=0, paced=0)
+    return SimpleNamespace(engine=engine, pool=Pool(engine),
+                           counters=lambda: {"behind": 1, "refused": 5, "errors": 0, "paced": 0})
 
 
 def run_steps(server, *seconds: float) -> None:
