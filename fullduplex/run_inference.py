@@ -184,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
     frames = pcm.shape[-1] // frame  # whole frames only, as moshi
     if frames == 0:
         raise AudioError(f"{args.infile} is shorter than one frame ({frame} samples at {mimi.sample_rate} Hz)")
+    mimi.match_moshi()  # moshi's streaming window and rounding: the same audio, also past Mimi's context
     seed_as_moshi(mimi, lm, device)
     gen = Generator(lm, sampling.temp, sampling.temp_text, sampling.top_k, sampling.top_k_text, seed=None)
     log("info", f"starting inference, sampling: {sampling.temp > 0 or sampling.temp_text > 0}, audio temp: "

@@ -102,6 +102,25 @@ class Mimi(StreamingModule):
         return self.config.quantizer.bins
 
     # --- streaming ----------------------------------------------------------------------------------------
+    def match_moshi(self, enabled: bool = True) -> None:
+        """Compute as moshi's Mimi (0.2.13) does, bit for bit on the same device (off by default; the drop-in
+        ``python -m fullduplex.run_inference`` turns it on). Call it before ``streaming()``.
+
+        - moshi's transformer window: a ring of exactly ``context`` slots, all attended to (masked). A call of
+          T steps overwrites, for its first T - 1 queries, keys the mask still allows, so past the context
+          streaming no longer equals batch mode (which the default keeps).
+        - torch's own convolutions everywhere (not the CPU im2col GEMM, which rounds differently) and moshi's
+          order of additions in the transposed convolutions.
+
+        Costs on CPU: the GEMM path's speed on small streaming steps, and attending to the whole ring from the
+        first step.
+        """
+        for module in self.modules():
+            if isinstance(module, StreamingTransformer):
+                module.moshi_window = enabled
+            elif isinstance(module, (StreamingConv1d, StreamingConvTranspose1d)):
+                module.reference_arithmetic = enabled
+
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> PendingAudio:
         return PendingAudio(batch_size, torch.zeros(batch_size, self.config.seanet.channels, 0, device=device, dtype=dtype))
 

@@ -64,6 +64,8 @@ class StreamingConv1d(StreamingModule):
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
         self.reset_parameters()
+        # True: always torch's own convolution, rounding as moshi's layer does (see `Mimi.match_moshi`).
+        self.reference_arithmetic = False
 
     def reset_parameters(self) -> None:
         _init_like_torch(self.weight, self.bias)
@@ -88,7 +90,7 @@ class StreamingConv1d(StreamingModule):
         return y.transpose(1, 2)
 
     def _use_gemm(self, x: torch.Tensor) -> bool:
-        if x.device.type != "cpu" or self.groups != 1 or self.dilation != 1:
+        if x.device.type != "cpu" or self.groups != 1 or self.dilation != 1 or self.reference_arithmetic:
             return False
         # Measured on 2 cores: GEMM wins for 1x1 and strided convs over streaming-sized inputs, and for any conv
         # over a few steps (weight-bound); oneDNN wins over long (batch) inputs, where it also avoids im2col.
@@ -143,6 +145,8 @@ class StreamingConvTranspose1d(StreamingModule):
         self.weight = nn.Parameter(torch.empty(in_channels, out_channels // groups, kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
         self.reset_parameters()
+        # True: compute and round as moshi's layer does (see `_forward_as_reference`, `Mimi.match_moshi`).
+        self.reference_arithmetic = False
 
     def reset_parameters(self) -> None:
         _init_like_torch(self.weight, self.bias)
@@ -169,6 +173,8 @@ class StreamingConvTranspose1d(StreamingModule):
         if T == 0:
             return x.new_zeros(B, self.out_channels, 0)
         state = self._streaming_state
+        if self.reference_arithmetic:
+            return self._forward_as_reference(x, state)
         # Measured on 2 cores: oneDNN wins only for narrow layers over long inputs (and on GPU).
         native = x.device.type != "cpu" or (self.groups == 1 and self.out_channels < 128 and T > 512)
         if native or K != 2 * S or self.groups not in (1, self.out_channels):
@@ -195,3 +201,14 @@ class StreamingConvTranspose1d(StreamingModule):
         if self.bias is not None:
             y = y + self.bias.view(-1, 1)
         return y
+
+    def _forward_as_reference(self, x: torch.Tensor, state: ConvTransposeState | None) -> torch.Tensor:
+        """moshi's order of operations: torch's transposed convolution with its bias, the kept overlap added to
+        the head, and the new overlap kept as ``(tail + bias) - bias`` (which rounds)."""
+        T, S = x.shape[-1], self.stride
+        y = F.conv_transpose1d(x, self.weight, self.bias, S, groups=self.groups)  # [B, C, (T-1)S + K]
+        if state is not None and self.overlap:
+            y[..., : self.overlap] += state.partial
+            tail = y[..., T * S :]
+            state.partial.copy_(tail if self.bias is None else tail - self.bias[:, None])
+        return y[..., : T * S]

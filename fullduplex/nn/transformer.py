@@ -182,6 +182,8 @@ class StreamingTransformer(StreamingModule):
         self.num_heads = num_heads
         self.max_period = max_period
         self.kv_layout = "ring"
+        # True: moshi's window (see `forward`), for the drop-in `python -m fullduplex.run_inference`.
+        self.moshi_window = False
         self.kv_page_size, self.kv_pages, self.kv_dtype = 16, None, "auto"
         self.register_buffer("rope_freqs", None, persistent=False)
         self.init_non_persistent_buffers()
@@ -279,7 +281,7 @@ class StreamingTransformer(StreamingModule):
         else:
             positions = index.offset[:, None] + steps  # [B, T]
             index.offset.add_(T)
-            if index.capacity < self.context - 1 + T:
+            if index.capacity < self.context - 1 + T and not self.moshi_window:
                 self._grow(index, self.context - 1 + T)
             slots = (steps + index.write) % index.capacity
             index.positions.index_copy_(1, slots, positions)
@@ -287,7 +289,7 @@ class StreamingTransformer(StreamingModule):
             # On CPU, attend only to the slots written so far (a conversation's first minutes read a fraction of
             # the cache). On GPU keep the full ring, whose fixed shapes a CUDA graph can replay; replays do not run
             # this Python code, so there the ring always counts as full (and `_grow` unrolls it from the write slot).
-            if x.device.type == "cpu":
+            if x.device.type == "cpu" and not self.moshi_window:
                 index.filled = min(index.filled + T, index.capacity)
             else:
                 index.filled = index.capacity

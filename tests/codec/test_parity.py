@@ -100,3 +100,44 @@ def test_parity_tiny_config_and_our_export_loads_in_reference(tmp_path):
         codes = ours.encode(wav)
         assert torch.equal(codes, ref.encode(wav))
         assert (ours.decode(codes) - ref.decode(codes)).abs().max() < 1e-5
+
+
+def test_match_moshi_streams_bit_for_bit_past_the_context(tmp_path):
+    """``Mimi.match_moshi``: streaming encode and decode, frame by frame, equal the reference's bit for bit, also
+    past the transformer context (the tiny preset's 10 steps = 5 frames; 12 frames here), where the reference's
+    ring overwrites keys its mask still allows. Without it both differ in rounding from the start."""
+    torch.set_num_threads(1)  # torch's tiny convolutions run 5x slower on 2 busy cores (the fixture resets it)
+    config = mimi_preset("tiny")
+    ours = randomize_(fd.Mimi(config, num_codebooks=8).eval(), seed=7)
+    path = fd.save_mimi(ours, tmp_path / "tiny.safetensors")
+    frames, batch = 12, 2
+    assert 2 * frames > 2 * config.transformer.context
+    wav = (speech(1.0)[..., : frames * 1920] * 0.9).expand(batch, 1, -1).contiguous()
+    codes = torch.randint(0, config.quantizer.bins, (batch, 8, frames), generator=torch.Generator().manual_seed(1))
+
+    def stream(model, step):
+        return [step(model, t) for t in range(frames)]
+
+    def reference(mode):
+        ref = loaders.get_mimi(str(path), config.to_moshi_dict(), num_codebooks=8).eval()
+        ref.streaming_forever(batch)
+        if mode == "encode":
+            return stream(ref, lambda m, t: m.encode(wav[..., t * 1920 : (t + 1) * 1920]))
+        return stream(ref, lambda m, t: m.decode(codes[..., t : t + 1]))
+
+    def fullduplex(mode):
+        with ours.streaming(batch):
+            if mode == "encode":
+                return stream(ours, lambda m, t: m.encode(wav[..., t * 1920 : (t + 1) * 1920]))
+            return stream(ours, lambda m, t: m.decode(codes[..., t : t + 1]))
+
+    with torch.no_grad():
+        ref_codes, ref_audio = reference("encode"), reference("decode")
+        default_audio = fullduplex("decode")
+        ours.match_moshi()
+        our_codes, our_audio = fullduplex("encode"), fullduplex("decode")
+        ours.match_moshi(False)
+    assert all(torch.equal(a, b) for a, b in zip(our_codes, ref_codes, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(our_audio, ref_audio, strict=True))
+    assert ref_audio[-1].abs().max() > 0.01
+    assert not torch.equal(default_audio[0], ref_audio[0])  # the default rounds differently (not vacuous)
