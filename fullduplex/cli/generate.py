@@ -57,6 +57,7 @@ from .models import (
 EPILOG = f"""\
 examples:
   fullduplex generate --input question.wav --output answer.wav --transcript answer.json      # the demo model
+  fullduplex generate question.wav answer.wav         # INFILE [OUTFILE], as moshi's run_inference takes them
   fullduplex generate --input question.wav --output answer.wav --hf-repo kyutai/moshiko-pytorch-bf16
   fullduplex generate --input a.wav b.flac c.mp3 --output out/ --transcript out/ --tokens-out out/tokens.safetensors
   fullduplex generate --input talk.wav --output talk.out.wav --hf-repo nu-dialogue/j-moshi-ext --temp 0 --temp-text 0
@@ -107,7 +108,10 @@ def register(subparsers: Any) -> None:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     io = parser.add_argument_group("input and output")
-    io.add_argument("--input", "-i", nargs="+", required=True, metavar="USER.wav", help="the user's side: audio files")
+    io.add_argument("infile", nargs="?", metavar="INFILE", help="the input, as moshi's run_inference takes it "
+                    "(the same as --input INFILE)")
+    io.add_argument("outfile", nargs="?", metavar="OUTFILE", help="the same as --output OUTFILE")
+    io.add_argument("--input", "-i", nargs="+", metavar="USER.wav", help="the user's side: audio files")
     io.add_argument("--output", "-o", metavar="OUT", help="stereo WAV file (one input) or folder (see below)")
     io.add_argument("--transcript", metavar="OUT.json", help="the model's words with times: JSON file or folder")
     io.add_argument("--tokens-out", metavar="OUT.safetensors", help="the generated text and audio tokens")
@@ -120,8 +124,24 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=generate_command)
 
 
+def take_positionals(args: argparse.Namespace) -> None:
+    """``INFILE [OUTFILE]`` (moshi's run_inference) into ``--input`` / ``--output``; each given one way only."""
+    infile, outfile = getattr(args, "infile", None), getattr(args, "outfile", None)
+    if infile and args.input:
+        raise FullduplexError(f"input given twice ({infile} and --input); give INFILE or --input, not both")
+    if outfile and args.output:
+        raise FullduplexError(f"output given twice ({outfile} and --output); give OUTFILE or --output, not both")
+    if infile:
+        args.input = [infile]
+    if outfile:
+        args.output = outfile
+    if not args.input:
+        raise FullduplexError("no input: give INFILE or --input USER.wav ...")
+
+
 def plan_outputs(args: argparse.Namespace) -> Plan:
     """Check the output options against the inputs before any work; see the module docstring for the rules."""
+    take_positionals(args)
     inputs = [Path(p) for p in args.input]
     if not (args.output or args.transcript or args.tokens_out):
         raise FullduplexError("nothing to write: give --output, --transcript and/or --tokens-out")

@@ -88,6 +88,17 @@ def write_pcm16(path: Path, data: np.ndarray, rate: int = 24000) -> None:
 
 
 # --- one input ----------------------------------------------------------------------------------------------
+def test_positional_infile_outfile_as_moshi(tmp_path, capsys, ckpt):
+    """``generate INFILE OUTFILE`` (moshi's run_inference spelling) is ``--input INFILE --output OUTFILE``."""
+    code, _, err = generate_cli(capsys, ckpt, SPEECH, tmp_path / "a.wav")
+    assert code == 0, err
+    code, _, err = generate_cli(capsys, ckpt, "-i", SPEECH, "-o", tmp_path / "b.wav")
+    assert code == 0, err
+    assert (tmp_path / "a.wav").read_bytes() == (tmp_path / "b.wav").read_bytes()
+    code, _, err = generate_cli(capsys, ckpt, SPEECH, "--transcript", tmp_path / "t.json")  # INFILE alone
+    assert code == 0 and (tmp_path / "t.json").is_file(), err
+
+
 def test_one_input_end_to_end(tmp_path, capsys, ckpt):
     wav_out, json_out, tok_out = tmp_path / "o.wav", tmp_path / "t.json", tmp_path / "k.safetensors"
     code, out, err = generate_cli(capsys, ckpt, "--input", SPEECH, "--output", wav_out, "--transcript", json_out,
@@ -234,8 +245,12 @@ def test_errors(tmp_path, capsys, ckpt, make, override, extra, needles):
         (("--input", SPEECH, "--output", "{tmp}/nope/o.wav"), "does not exist"),
         (("--input", SPEECH, "--output", "{tmp}/o.wav", "--temp", "-1"), "temperatures must be >= 0"),
         (("--input", SPEECH, "--output", "{tmp}/o.wav", "--kv-pages", "0"), "number of pages >= 1"),
+        ((SPEECH, "--input", SPEECH, "--output", "{tmp}/o.wav"), "input given twice"),
+        ((SPEECH, "{tmp}/a.wav", "--output", "{tmp}/b.wav"), "output given twice"),
+        (("--output", "{tmp}/o.wav"), "no input: give INFILE or --input"),
     ],
-    ids=["no-output", "same-stem", "one-wav-for-two", "missing-folder", "negative-temperature", "kv-pages"],
+    ids=["no-output", "same-stem", "one-wav-for-two", "missing-folder", "negative-temperature", "kv-pages",
+         "input-twice", "output-twice", "no-input"],
 )
 def test_usage_errors(tmp_path, capsys, ckpt, argv, needle):
     code, _, err = generate_cli(capsys, ckpt, *(str(a).format(tmp=tmp_path) for a in argv))
