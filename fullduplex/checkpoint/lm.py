@@ -259,6 +259,7 @@ def load_lm(
     lora_weight: str | Path | None = None,
     lora_scaling: float | None = None,
     quantize: str | None = None,
+    fuse_lora: bool = True,
 ) -> LMModel:
     """Build the Moshi LM from a released-format (PyTorch) or MLX (bf16, q8, q4) checkpoint.
 
@@ -272,7 +273,9 @@ def load_lm(
     model built on the meta device, so memory never holds two copies. Mismatches name keys and shapes.
 
     LoRA: a moshi-finetune ``lora.safetensors`` given as ``lora_weight`` (scaling ``lora_scaling``, default 2.0),
-    or named by the folder's or repo's ``config.json`` (``"lora": true``), is folded into the weights.
+    or named by the folder's or repo's ``config.json`` (``"lora": true``), is folded into the weights; with
+    ``fuse_lora=False`` it is kept apart (:func:`~fullduplex.checkpoint.lora.attach_lora_file`), which excludes
+    ``quantize``.
 
     The format is read from the keys: MLX files (``audio_embs.*``, ``depformer.slices.*``) are mapped to our
     layout (:mod:`fullduplex.checkpoint.mlx`), their quantized tensors dequantized one at a time to ``dtype``
@@ -283,6 +286,9 @@ def load_lm(
     if quantize is not None:
         check_mode(quantize)
     lora = resolve_lora(path_or_hf, hf_repo) if lora_weight is None else (Path(lora_weight), 2.0)
+    if lora is not None and not fuse_lora and quantize:
+        raise CheckpointError(f"--no_fuse_lora keeps LoRA apart beside float weights, so --quantize {quantize} "
+                              "cannot apply; drop one of the two")
     path, repo_config = resolve_lm(path_or_hf, hf_repo)
     if isinstance(config, str) and not config.endswith(".json"):
         from ..lm.config import lm_preset
@@ -330,9 +336,10 @@ def load_lm(
     )
     model = assign_weights(model, state, device)
     if lora is not None:
-        from .lora import apply_lora_file
+        from .lora import apply_lora_file, attach_lora_file
 
-        apply_lora_file(model, lora[0], lora[1] if lora_scaling is None else lora_scaling)
+        scaling = lora[1] if lora_scaling is None else lora_scaling
+        (apply_lora_file if fuse_lora else attach_lora_file)(model, lora[0], scaling)
         if quantize:
             quantize_lm(model, quantize)
     return model

@@ -51,8 +51,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, seed_help: str = "rando
     ckpt.add_argument("--lora-scaling", type=float, default=None, metavar="S",
                       help="LoRA scaling (default: the config.json's lora_scaling, else 2.0)")
     ckpt.add_argument("--no_fuse_lora", "--no-fuse-lora", action="store_false", dest="fuse_lora", default=True,
-                      help="accepted for moshi.server: fullduplex always folds LoRA into the weights, which computes "
-                      "the same function as moshi's unfused layers (see docs/from-moshi.md)")
+                      help="keep the LoRA adapters as separate low-rank layers instead of folding them into the "
+                      "weights (moshi.server's flag; the same outputs up to rounding, slower)")
     ckpt.add_argument(
         "--mimi-config", metavar="PRESET_OR_JSON",
         help=f"Mimi architecture: a preset ({', '.join(sorted(MIMI_PRESETS))}) or a JSON mimi_config dict "
@@ -244,7 +244,7 @@ def load_models(args: argparse.Namespace) -> Models:
         lm_path, config=args.config or repo_config, device=device, dtype=DTYPES.get(args.dtype or ""),
         lora_weight=lora[0] if lora else None,
         lora_scaling=scaling if scaling is not None else (lora[1] if lora else None),
-        quantize=getattr(args, "quantize", None),
+        quantize=getattr(args, "quantize", None), fuse_lora=getattr(args, "fuse_lora", True),
     )
     mimi_path = resolve_mimi(args.mimi_weight, args.hf_repo)
     mimi_config = mimi_config_from_arg(args.mimi_config) or mimi_config_of(raw, source, args.hf_repo)

@@ -279,6 +279,8 @@ class StreamingTransformer(StreamingModule):
         elif isinstance(index, PagedKV):
             positions, slots, read, mask = index.advance(T)
         else:
+            if self.moshi_window and T > index.capacity:
+                raise ValueError(f"moshi's window takes at most {index.capacity} steps per call, got {T}")
             positions = index.offset[:, None] + steps  # [B, T]
             index.offset.add_(T)
             if index.capacity < self.context - 1 + T and not self.moshi_window:

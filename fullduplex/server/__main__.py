@@ -6,7 +6,7 @@
 
 Every flag and default of moshi's server, with the same meaning: ``--host localhost``, ``--port 8998``, the model
 files (``--hf-repo`` default ``kyutai/moshiko-pytorch-bf16``), ``--config-path``, ``--lora-weight`` (folded into the
-weights; ``--no_fuse_lora`` is accepted: the function is the same), ``--half`` (float16 instead of bfloat16),
+weights; ``--no_fuse_lora`` keeps it as separate low-rank layers, as moshi's), ``--half`` (float16 instead of bfloat16),
 ``--device cuda``, ``--ssl DIR``, ``--static`` (a folder with an index.html, or ``none``; without it fullduplex's own
 page, bundled, where moshi downloads its page from the hub). Sampling follows the model's ``lm_gen_config``.
 ``--cfg-coef`` other than 1.0 and ``--gradio-tunnel`` are refused with one line. It then runs ``fullduplex serve``:
@@ -62,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="classifier-free guidance: only 1.0 (none), as the dialogue models have no conditioning")
     parser.add_argument("--device", type=str, default="cuda", help="torch device (default: cuda)")
     parser.add_argument("--no_fuse_lora", action="store_false", dest="fuse_lora", default=True,
-                        help="accepted: fullduplex always folds LoRA into the weights, the same function as "
-                        "moshi's unfused layers")
+                        help="keep the LoRA adapters as separate low-rank layers instead of folding them into "
+                        "the weights")
     parser.add_argument("--half", action="store_const", const="float16", default="bfloat16", dest="dtype",
                         help="run the LM in float16 instead of bfloat16 (for old GPUs)")
     parser.add_argument("--ssl", type=str, help="serve https/wss with DIR/key.pem and DIR/cert.pem")
