@@ -78,6 +78,7 @@ class RunConfig:
     output: str = "runs/train"
     batch_size: int = 1  # windows per rank per micro-batch
     grad_accumulation: int = 1
+    global_batch: int = 0  # windows per step over all ranks; set: grad_accumulation follows from it on any world size
     eval_every: int = 100  # 0: never
     eval_batches: int = 4  # micro-batches per validation (per rank)
     save_every: int = 100  # 0: only at the end
@@ -206,7 +207,7 @@ def _validate(cfg: TrainConfig, source: str, base: Path, check_paths: bool) -> N
     non_negative = {
         "optim.warmup": cfg.optim.warmup, "optim.weight_decay": cfg.optim.weight_decay,
         "optim.grad_clip": cfg.optim.grad_clip, "run.eval_every": cfg.run.eval_every,
-        "run.save_every": cfg.run.save_every, "loss.text_weight": cfg.loss.text_weight,
+        "run.save_every": cfg.run.save_every, "run.global_batch": cfg.run.global_batch, "loss.text_weight": cfg.loss.text_weight,
         "loss.audio_weight": cfg.loss.audio_weight, "loss.semantic_weight": cfg.loss.semantic_weight,
         "loss.pad_weight": cfg.loss.pad_weight, "loss.epad_weight": cfg.loss.epad_weight,
     }
@@ -231,6 +232,9 @@ def _validate(cfg: TrainConfig, source: str, base: Path, check_paths: bool) -> N
         raise bad("optim.pct_start", f"must be in (0, 1), got {cfg.optim.pct_start}")
     if cfg.optim.schedule == "onecycle" and cfg.optim.warmup:
         raise bad("optim.warmup", "must be 0 with schedule onecycle (its warm-up is pct_start x max_steps)")
+    if cfg.run.global_batch and cfg.run.grad_accumulation != 1:
+        raise bad("run.grad_accumulation", "must be left at 1 with run.global_batch (the micro-batches per rank "
+                  "follow from global_batch / (batch_size x ranks))")
     if cfg.wandb.project is not None and not cfg.wandb.project:
         raise bad("wandb.project", "must not be empty (leave it out for no wandb logging)")
     if cfg.lora.train_embeddings and not cfg.lora.enabled:
