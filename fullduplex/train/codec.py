@@ -31,13 +31,14 @@ import torch.nn.functional as F
 from ..codec.config import MimiConfig, mimi_preset
 from ..codec.mimi import Mimi
 from ..codec.quantizer import EmaSettings
+from ..data.formats import audio_files as folder_audio_files
 from ..errors import FullduplexError
 from . import checkpointing as ckpt
 from . import distributed as D
-from .config import ConfigError, _build, parse_override, read_recipe
-from .loop import LoopSettings, Result, Saved, lr_factor, run
+from .checkpointing import Saved
+from .config import ConfigError, _build, check_ranges, read_recipe
+from .loop import Result, lr_factor, run
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 EMA_PREFIX = "quantizer_ema."
 
 
@@ -108,16 +109,10 @@ class CodecTrainConfig:
 
 def read_task(path: str | Path, overrides: list[str] = ()) -> str:
     """The ``task`` of a recipe file (``lm`` when absent), after ``--override task=...``."""
-    import yaml
-
     try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError):
+        raw = read_recipe(path, overrides)
+    except ConfigError:
         return "lm"  # load_config reports the problem in its own words
-    for item in overrides:
-        keys, value = parse_override(item)
-        if keys == ["task"]:
-            raw["task"] = value
     task = raw.get("task", "lm") if isinstance(raw, dict) else "lm"
     if task not in ("lm", "codec"):
         raise ConfigError(f"{path}: task must be lm or codec, got {task!r}")
@@ -143,27 +138,16 @@ def load_codec_config(path: str | Path | None, overrides: list[str] = (), raw: d
         mimi_preset(cfg.model.preset)
     except ValueError as e:
         raise bad("model.preset", str(e)) from None
-    for key, value in {"data.segment_seconds": cfg.data.segment_seconds, "optim.lr": cfg.optim.lr,
-                       "optim.max_steps": cfg.optim.max_steps, "run.batch_size": cfg.run.batch_size,
-                       "run.log_every": cfg.run.log_every, "run.keep_checkpoints": cfg.run.keep_checkpoints,
-                       "loss.mel_bins": cfg.loss.mel_bins, "data.valid_windows": cfg.data.valid_windows}.items():
-        if value <= 0:
-            raise bad(key, f"must be > 0, got {value}")
-    for key, value in {"optim.warmup": cfg.optim.warmup, "optim.grad_clip": cfg.optim.grad_clip,
-                       "run.eval_every": cfg.run.eval_every, "run.save_every": cfg.run.save_every,
-                       "loss.mel_weight": cfg.loss.mel_weight, "loss.stft_weight": cfg.loss.stft_weight,
-                       "loss.wave_weight": cfg.loss.wave_weight, "loss.commitment_weight": cfg.loss.commitment_weight,
-                       "run.threads": cfg.run.threads, "optim.weight_decay": cfg.optim.weight_decay}.items():
-        if value < 0:
-            raise bad(key, f"must be >= 0, got {value}")
+    check_ranges(source, cfg, positive=["data.segment_seconds", "optim.lr", "optim.max_steps", "run.batch_size",
+                 "run.log_every", "run.keep_checkpoints", "loss.mel_bins", "data.valid_windows", "loss.log_floor"],
+                 non_negative=["optim.warmup", "optim.grad_clip", "run.eval_every", "run.save_every", "loss.mel_weight",
+                 "loss.stft_weight", "loss.wave_weight", "loss.commitment_weight", "run.threads", "optim.weight_decay"])
     if not 0 < cfg.loss.ema_decay < 1:
         raise bad("loss.ema_decay", f"must be in (0, 1), got {cfg.loss.ema_decay}")
     if cfg.optim.schedule not in ("cosine", "constant"):
         raise bad("optim.schedule", f"must be cosine or constant, got {cfg.optim.schedule!r}")
     if len(cfg.optim.betas) != 2 or not all(0 <= b < 1 for b in cfg.optim.betas):
         raise bad("optim.betas", f"must be two numbers in [0, 1), got {cfg.optim.betas}")
-    if cfg.loss.log_floor <= 0:
-        raise bad("loss.log_floor", f"must be > 0, got {cfg.loss.log_floor}")
     if not cfg.loss.scales or any(s < 16 for s in cfg.loss.scales):
         raise bad("loss.scales", f"must be window lengths of at least 16 samples, got {cfg.loss.scales}")
 
@@ -189,7 +173,7 @@ def audio_files(specs: list[str]) -> list[Path]:
     for spec in specs:
         path = Path(spec)
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+            files += folder_audio_files(path)
         elif path.suffix == ".jsonl":
             for n, line in enumerate(path.read_text().splitlines(), 1):
                 if not line.strip():
@@ -340,24 +324,11 @@ def load_ema_tensors(mimi: Mimi, tensors: dict[str, torch.Tensor]) -> None:
             getattr(mimi.quantizer, half).load_ema_state(state)
 
 
-def build_codec(cfg: CodecTrainConfig) -> Mimi:
-    config = mimi_preset(cfg.model.preset)
-    if cfg.model.checkpoint:
-        from ..checkpoint.mimi import load_mimi
-
-        return load_mimi(cfg.model.checkpoint, config=config, num_codebooks=None)
-    return Mimi(config)
-
-
 # --- the recipe -------------------------------------------------------------------------------------------
 def train_codec(cfg: CodecTrainConfig, stop_after: int | None = None, progress: bool = True) -> Result:
     """Run (or resume) a codec recipe through the training loop; ``stop_after`` returns after that step without a
     final checkpoint. A run that reaches ``max_steps`` exports ``RUN/mimi.safetensors`` (``Result.exported``)."""
-    settings = LoopSettings(
-        cfg.run.output, cfg.run.seed, cfg.optim.max_steps, cfg.optim.grad_clip, cfg.run.eval_every,
-        cfg.run.save_every, cfg.run.keep_checkpoints, cfg.run.log_every, cfg.run.device, "auto", cfg.to_dict(),
-        name="train codec")
-    return run(settings, lambda d, saved: CodecTask(cfg, d, saved), stop_after, progress)
+    return run(cfg, lambda d, saved: CodecTask(cfg, d, saved), "train codec", stop_after, progress)
 
 
 class CodecTask:
@@ -370,7 +341,12 @@ class CodecTask:
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
         self.cfg, self.device = cfg, d.device
-        mimi = build_codec(cfg)
+        if cfg.model.checkpoint:
+            from ..checkpoint.mimi import load_mimi
+
+            mimi = load_mimi(cfg.model.checkpoint, config=mimi_preset(cfg.model.preset), num_codebooks=None)
+        else:
+            mimi = Mimi(mimi_preset(cfg.model.preset))
         sr, frame = mimi.sample_rate, mimi.frame_size
         length = max(1, round(cfg.data.segment_seconds * sr / frame)) * frame
         self.windows = Windows(read_corpus(cfg.data.train, sr), length, cfg.run.seed)
@@ -431,14 +407,10 @@ def export_codec(run_dir: Path, config: MimiConfig) -> Path:
     from ..atomic import atomic_output
     from ..checkpoint.mimi import save_mimi
 
-    steps = ckpt.list_checkpoints(run_dir)
-    if not steps:
-        raise FullduplexError(f"{run_dir}: no checkpoints to export")
-    best = ckpt.read_best(run_dir)
-    step = int(best["step"]) if best is not None else steps[-1]
-    tensors, _, _, _ = ckpt.load_checkpoint(ckpt.step_dir(run_dir, step))
+    step = ckpt.pick_checkpoint(run_dir, "best")
     mimi = Mimi(config)
-    mimi.load_state_dict({k: v for k, v in tensors.items() if not k.startswith(EMA_PREFIX)})
+    mimi.load_state_dict({k: v for k, v in ckpt.load_checkpoint(run_dir, step).tensors.items()
+                          if not k.startswith(EMA_PREFIX)})
     out = save_mimi(mimi, run_dir / "mimi.safetensors")
     with atomic_output(run_dir / "mimi_config.json") as tmp:
         tmp.write_text(json.dumps({"mimi_config": config.to_moshi_dict(), "step": step}, indent=1) + "\n")

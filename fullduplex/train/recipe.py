@@ -1,8 +1,6 @@
-"""``fullduplex train``: the fine-tuning recipe, top to bottom — setup, loop, checkpoints, cleanup.
-
-Run it plainly (one process, CPU or one GPU) or under ``torchrun`` (one process per GPU, any number of nodes).
-See docs/training.md for the recipe fields, the loss and the resume semantics.
-"""
+"""``fullduplex train``: the LM fine-tuning recipe, run by the training loop of :mod:`.loop` as an :class:`LMTask`.
+Plainly (one process, CPU or one GPU) or under ``torchrun`` (one process per GPU, any number of nodes); see
+docs/training.md for the recipe fields, the loss, the global batch and the resume semantics."""
 
 from __future__ import annotations
 
@@ -20,17 +18,11 @@ from ..errors import FullduplexError
 from ..lm.model import LMModel
 from . import checkpointing as ckpt
 from . import distributed as D
+from .checkpointing import Saved
 from .config import TrainConfig
+from .curve import draw_loss_curve, read_metrics  # noqa: F401 (this module's names before curve.py had them)
 from .data import TrainWindows, ValidWindows
-from .loop import (  # draw_loss_curve, read_metrics: this module's names before the loop had its own
-    LoopSettings,
-    Result,
-    Saved,
-    draw_loss_curve,  # noqa: F401
-    lr_factor,
-    read_metrics,  # noqa: F401
-    run,
-)
+from .loop import Result, lr_factor, run
 from .lora import apply_lora
 from .loss import combine, loss_parts, target_weights
 
@@ -65,12 +57,12 @@ def scratch_model(cfg: TrainConfig, seed: int) -> LMModel:
     return model
 
 
-def load_base(cfg: TrainConfig) -> LMModel:
-    """The base LM on CPU, in ``model.dtype``, trainable."""
+def load_base(cfg: TrainConfig, dtype: torch.dtype | None = None) -> LMModel:
+    """The base LM on CPU, in ``dtype`` (default ``model.dtype``), trainable."""
     if cfg.model.from_scratch:
         return scratch_model(cfg, cfg.run.seed).train().requires_grad_(True)
     path, repo_config = resolve_lm(cfg.model.checkpoint, cfg.model.hf_repo)
-    dtype = torch.bfloat16 if cfg.model.dtype == "bfloat16" else torch.float32
+    dtype = dtype or (torch.bfloat16 if cfg.model.dtype == "bfloat16" else torch.float32)
     model = load_lm(path, config=cfg.model.config or repo_config, device="cpu", dtype=dtype)
     return model.train().requires_grad_(True)
 
@@ -115,22 +107,10 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, o))
 
 
-def train_embeddings(model: nn.Module) -> list[str]:
-    """Unfreeze every parameter whose name holds ``emb`` (moshi-finetune's ``lora.ft_embed``); their names."""
-    names = [n for n, p in model.named_parameters() if "emb" in n]
+def train_embeddings(model: nn.Module) -> None:
+    """Unfreeze every parameter whose name holds ``emb`` (moshi-finetune's ``lora.ft_embed``)."""
     for n, p in model.named_parameters():
-        if "emb" in n:
-            p.requires_grad_(True)
-    return names
-
-
-def full_state(model: nn.Module, fsdp: bool) -> dict[str, torch.Tensor]:
-    """The whole model's state dict on CPU, gathered from the shards under FSDP (collective: every rank)."""
-    if fsdp:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        p.requires_grad_(p.requires_grad or "emb" in n)
 
 
 def micro_batches(cfg: TrainConfig, world: int) -> int:
@@ -149,11 +129,7 @@ def micro_batches(cfg: TrainConfig, world: int) -> int:
 def train(cfg: TrainConfig, stop_after: int | None = None, progress: bool = True) -> Result:
     """Run (or resume) the LM recipe through the training loop. ``stop_after``: return after that step without a
     final checkpoint, as a killed run would (for tests)."""
-    settings = LoopSettings(
-        cfg.run.output, cfg.run.seed, cfg.optim.max_steps, cfg.optim.grad_clip, cfg.run.eval_every,
-        cfg.run.save_every, cfg.run.keep_checkpoints, cfg.run.log_every, cfg.run.device, cfg.run.backend,
-        cfg.to_dict(), wandb=cfg.wandb)
-    return run(settings, lambda d, saved: LMTask(cfg, d, saved), stop_after, progress)
+    return run(cfg, lambda d, saved: LMTask(cfg, d, saved), "train", stop_after, progress)
 
 
 class LMTask:
@@ -177,7 +153,6 @@ class LMTask:
         self.train_windows = TrainWindows(ShardDataset(cfg.data.train), frames, cfg.run.seed)
         self.valid_windows = ValidWindows(ShardDataset(cfg.data.valid), frames) if cfg.data.valid else None
         self.valid_position = saved.state["valid_position"] if saved else 0
-
         model = load_base(cfg)
         if cfg.lora.enabled:
             apply_lora(model, cfg.lora.rank, cfg.lora.scaling, cfg.lora.target_modules, seed=cfg.run.seed)
@@ -259,7 +234,13 @@ class LMTask:
         return {"loss": values[0], "text_loss": values[1], "audio_loss": values[2]}
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        full = full_state(self.model, self.fsdp)  # collective under FSDP
+        """The trained tensors (the adapters of a LoRA run, else the whole model) on CPU, gathered under FSDP."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        if self.fsdp:  # collective: every rank
+            full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        else:
+            full = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         return {k: v for k, v in full.items() if k in self.trainable_names} if self.cfg.lora.enabled else full
 
     def state(self) -> dict[str, Any]:
