@@ -42,11 +42,15 @@ class TrainWindows:
         self.cumulative = np.cumsum(lengths / lengths.sum())
         self.lengths = dataset.frames
 
-    def window(self, step: int, index: int) -> torch.Tensor:
-        """Window ``index`` of global step ``step``: [K, frames] int64."""
+    def locate(self, step: int, index: int) -> tuple[int, int]:
+        """(item, first frame) of window ``index`` of global step ``step``."""
         rng = np.random.Generator(np.random.PCG64([self.seed, step, index]))
         j = min(int(np.searchsorted(self.cumulative, rng.random(), side="right")), len(self.lengths) - 1)
-        start = int(rng.integers(0, max(self.lengths[j] - self.frames, 0) + 1))
+        return j, int(rng.integers(0, max(self.lengths[j] - self.frames, 0) + 1))
+
+    def window(self, step: int, index: int) -> torch.Tensor:
+        """Window ``index`` of global step ``step``: [K, frames] int64, read from its item only."""
+        j, start = self.locate(step, index)
         return cut_window(self.codes(j), start, self.frames)
 
     def batch(self, step: int, micro: int, rank: int, world: int, batch_size: int) -> torch.Tensor:
