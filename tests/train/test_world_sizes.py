@@ -24,7 +24,7 @@ from tests.train.helpers import make_setup
 ROOT = Path(__file__).resolve().parents[2]
 # 4 windows per step on any world size; a constant schedule, so a run to step 2 is the first half of one to step 4.
 OVERRIDES = ["optim.schedule=constant", "run.eval_every=0", "run.save_every=2", "run.global_batch=4",
-             "run.batch_size=2", "run.fsdp=false", "data.segment_seconds=1.2"]
+             "run.batch_size=2", "data.segment_seconds=1.2"]
 
 
 def test_global_batch_is_the_same_windows_on_any_split(tmp_path):
