@@ -20,6 +20,7 @@ config=...)`` or ``--mimi-weight RUN/mimi.safetensors --mimi-config RUN/mimi_con
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -328,6 +329,8 @@ def load_ema_tensors(mimi: Mimi, tensors: dict[str, torch.Tensor]) -> None:
 def train_codec(cfg: CodecTrainConfig, stop_after: int | None = None, progress: bool = True) -> Result:
     """Run (or resume) a codec recipe through the training loop; ``stop_after`` returns after that step without a
     final checkpoint. A run that reaches ``max_steps`` exports ``RUN/mimi.safetensors`` (``Result.exported``)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise FullduplexError(f"the codec recipe runs in one process, not {os.environ['WORLD_SIZE']}: start it without torchrun")
     return run(cfg, lambda d, saved: CodecTask(cfg, d, saved), "train codec", stop_after, progress)
 
 
@@ -336,8 +339,6 @@ class CodecTask:
     EMA codebook statistics saved with the weights, the released-format export. One process."""
 
     def __init__(self, cfg: CodecTrainConfig, d: D.Dist, saved: Saved | None) -> None:
-        if d.enabled:
-            raise FullduplexError(f"the codec recipe runs in one process, not {d.world}: start it without torchrun")
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
         self.cfg, self.device = cfg, d.device

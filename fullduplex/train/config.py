@@ -186,16 +186,11 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
 
 def check_ranges(source: str, cfg: Any, positive: list[str], non_negative: list[str]) -> None:
     """ConfigError naming the first of the dotted keys ``positive`` that is not > 0 or ``non_negative`` below 0."""
-    def value(key: str) -> Any:
+    for key in [*positive, *non_negative]:
         section, name = key.split(".")
-        return getattr(getattr(cfg, section), name)
-
-    for key in positive:
-        if value(key) <= 0:
-            raise ConfigError(f"{source}: {key} must be > 0, got {value(key)}")
-    for key in non_negative:
-        if value(key) < 0:
-            raise ConfigError(f"{source}: {key} must be >= 0, got {value(key)}")
+        value = getattr(getattr(cfg, section), name)
+        if value < 0 or (value == 0 and key in positive):
+            raise ConfigError(f"{source}: {key} must be {'> 0' if key in positive else '>= 0'}, got {value}")
 
 
 def _validate(cfg: TrainConfig, source: str, base: Path, check_paths: bool) -> None:
