@@ -58,7 +58,7 @@ def write_loss_curve(run_dir: Path, records: list[dict[str, Any]], title: str = 
     return target
 
 
-def _append_metrics(path: Path, record: dict[str, Any]) -> None:
+def append_metrics(path: Path, record: dict[str, Any]) -> None:
     with path.open("a") as f:
         f.write(json.dumps(record) + "\n")
 
@@ -88,7 +88,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def _trim_metrics(path: Path, step: int) -> None:
+def trim_metrics(path: Path, step: int) -> None:
     """Drop records past ``step`` (written after the checkpoint a resumed run restarts from) and a torn last line."""
     if path.is_file():
         kept = [r for r in read_metrics(path) if r["step"] <= step]

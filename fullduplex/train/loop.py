@@ -27,7 +27,7 @@ from torch import nn
 from . import checkpointing as ckpt
 from . import distributed as D
 from .checkpointing import Saved
-from .curve import METRICS, _append_metrics, _trim_metrics, draw_loss_curve
+from .curve import METRICS, append_metrics, draw_loss_curve, trim_metrics
 
 if TYPE_CHECKING:
     from .codec import CodecTrainConfig
@@ -101,7 +101,7 @@ def _run(cfg: TrainConfig | CodecTrainConfig, build: Callable[[D.Dist, Saved | N
     if d.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
-        _trim_metrics(metrics_path, start)
+        trim_metrics(metrics_path, start)
     log = _Loggers(cfg, run_dir, name, start, progress) if d.is_main else None
     params = [p for p in task.model.parameters() if p.requires_grad]
     curve_drawn = time.monotonic()
@@ -215,7 +215,7 @@ class _Loggers:
         rows = [record] if logged else []
         rows += [{"step": step, "split": "valid", "loss": valid}] if valid is not None else []
         for row in rows:  # metrics.jsonl; train/NAME and valid/loss in TensorBoard and wandb
-            _append_metrics(self.path, row)
+            append_metrics(self.path, row)
             scalars = {f"{row['split']}/{k}": v for k, v in row.items() if k not in ("step", "split")}
             for k, v in scalars.items() if self.tb is not None else ():
                 self.tb.add_scalar(k, v, step)
