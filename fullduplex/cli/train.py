@@ -20,7 +20,8 @@ is: its jsonl manifests are prepared once into RUN_DIR.prepared/, and the equiva
 written to RUN_DIR/recipe.yaml; `--override` then takes its keys (max_steps=10, lora.rank=16).
 With `task: codec` it trains a Mimi-architecture codec on speech instead (examples/demo/codec.yaml, docs/demo.md).
 Running again with the same run.output resumes from its latest checkpoint: weights, optimiser, schedule, data
-position and random states, so the remaining steps are those of an uninterrupted run.
+position and random states, so the remaining steps are those of an uninterrupted run. With run.global_batch set, a
+run also resumes on another number of GPUs or nodes, with the same windows per step (docs/training.md).
 """
 
 EXPORT_EPILOG = """\

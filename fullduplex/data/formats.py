@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,16 +139,6 @@ def _manifest_entry(text: str, folder: Path, line: int) -> ManifestEntry:
         speakers = (speakers[0], speakers[1])
     resolved = Path(audio) if Path(audio).is_absolute() else folder / audio
     return ManifestEntry(resolved, float(duration), line, speakers)
-
-
-def write_manifest(path: str | os.PathLike[str], entries: Iterable[tuple[str, float]]) -> Path:
-    """Write ``(audio path, duration s)`` pairs as a jsonl manifest, atomically."""
-    path = Path(path)
-    with atomic_output(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for audio, duration in entries:
-                f.write(json.dumps({"path": audio, "duration": round(duration, 3)}, ensure_ascii=False) + "\n")
-    return path
 
 
 def audio_files(folder: str | os.PathLike[str]) -> list[Path]:

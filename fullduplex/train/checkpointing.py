@@ -9,8 +9,8 @@
 - ``rng.pt``: per rank, the torch (CPU and CUDA), Python and NumPy generator states.
 
 A checkpoint is written into a hidden temporary folder, flushed to disk (files, then the folder) and renamed into
-place, so a kill or a power cut leaves either the whole checkpoint or none. ``RUN/best.json`` names the step with the lowest validation loss; that step is never
-pruned.
+place, so a kill or a power cut leaves the whole checkpoint or none. ``RUN/best.json`` names the step with the
+lowest validation loss; that step is never pruned.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..atomic import OutputKind, atomic_output, check_output_folder, fsync_dir, fsync_tree
+from ..errors import FullduplexError
 
 CHECKPOINTS = "checkpoints"
 BEST = "best.json"
@@ -107,13 +109,40 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
-    """(trainable tensors, optimizer state, state.json, per-rank RNG states) of a checkpoint folder."""
-    trainable = load_file(str(folder / "trainable.safetensors"))
-    optimizer = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=False)
-    rngs = torch.load(folder / "rng.pt", map_location="cpu", weights_only=False)
-    state = json.loads((folder / "state.json").read_text())
-    return trainable, optimizer, state, rngs
+@dataclass
+class Saved:
+    """A checkpoint as read back: trained tensors, optimiser state, state.json, per-rank RNG states."""
+
+    step: int
+    tensors: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    state: dict[str, Any]
+    rngs: list[dict[str, Any]]
+
+
+def load_checkpoint(run_dir: Path, step: int) -> Saved:
+    folder = step_dir(run_dir, step)
+    return Saved(step, load_file(str(folder / "trainable.safetensors")),
+                 torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=False),
+                 json.loads((folder / "state.json").read_text()),
+                 torch.load(folder / "rng.pt", map_location="cpu", weights_only=False))
+
+
+def pick_checkpoint(run_dir: Path, which: str) -> int:
+    """The step of ``best`` (lowest validation loss; the last one when the run had no validation), ``last``, or
+    a step number."""
+    steps = list_checkpoints(run_dir)
+    if not steps:
+        raise FullduplexError(f"{run_dir}: no checkpoints (expected {run_dir / CHECKPOINTS}/step_NNNNNN/); "
+                              "is this a `fullduplex train` run.output folder?")
+    if which == "last":
+        return steps[-1]
+    if which == "best":
+        best = read_best(run_dir)
+        return steps[-1] if best is None else int(best["step"])
+    if not which.isdigit() or int(which) not in steps:
+        raise FullduplexError(f"{run_dir}: --checkpoint {which!r} is not best, last or one of the steps {steps}")
+    return int(which)
 
 
 def write_best(run_dir: Path, step: int, valid_loss: float) -> None:

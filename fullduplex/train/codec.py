@@ -20,8 +20,7 @@ config=...)`` or ``--mimi-weight RUN/mimi.safetensors --mimi-config RUN/mimi_con
 from __future__ import annotations
 
 import json
-import math
-import time
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,12 +32,14 @@ import torch.nn.functional as F
 from ..codec.config import MimiConfig, mimi_preset
 from ..codec.mimi import Mimi
 from ..codec.quantizer import EmaSettings
+from ..data.formats import audio_files as folder_audio_files
 from ..errors import FullduplexError
 from . import checkpointing as ckpt
-from .config import ConfigError, _build, parse_override, read_recipe
-from .recipe import METRICS, _append_metrics, _trim_metrics, draw_loss_curve, seed_everything
+from . import distributed as D
+from .checkpointing import Saved
+from .config import ConfigError, _build, check_ranges, read_recipe
+from .loop import Result, lr_factor, run
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 EMA_PREFIX = "quantizer_ema."
 
 
@@ -109,16 +110,10 @@ class CodecTrainConfig:
 
 def read_task(path: str | Path, overrides: list[str] = ()) -> str:
     """The ``task`` of a recipe file (``lm`` when absent), after ``--override task=...``."""
-    import yaml
-
     try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError):
+        raw = read_recipe(path, overrides)
+    except ConfigError:
         return "lm"  # load_config reports the problem in its own words
-    for item in overrides:
-        keys, value = parse_override(item)
-        if keys == ["task"]:
-            raw["task"] = value
     task = raw.get("task", "lm") if isinstance(raw, dict) else "lm"
     if task not in ("lm", "codec"):
         raise ConfigError(f"{path}: task must be lm or codec, got {task!r}")
@@ -144,27 +139,16 @@ def load_codec_config(path: str | Path | None, overrides: list[str] = (), raw: d
         mimi_preset(cfg.model.preset)
     except ValueError as e:
         raise bad("model.preset", str(e)) from None
-    for key, value in {"data.segment_seconds": cfg.data.segment_seconds, "optim.lr": cfg.optim.lr,
-                       "optim.max_steps": cfg.optim.max_steps, "run.batch_size": cfg.run.batch_size,
-                       "run.log_every": cfg.run.log_every, "run.keep_checkpoints": cfg.run.keep_checkpoints,
-                       "loss.mel_bins": cfg.loss.mel_bins, "data.valid_windows": cfg.data.valid_windows}.items():
-        if value <= 0:
-            raise bad(key, f"must be > 0, got {value}")
-    for key, value in {"optim.warmup": cfg.optim.warmup, "optim.grad_clip": cfg.optim.grad_clip,
-                       "run.eval_every": cfg.run.eval_every, "run.save_every": cfg.run.save_every,
-                       "loss.mel_weight": cfg.loss.mel_weight, "loss.stft_weight": cfg.loss.stft_weight,
-                       "loss.wave_weight": cfg.loss.wave_weight, "loss.commitment_weight": cfg.loss.commitment_weight,
-                       "run.threads": cfg.run.threads, "optim.weight_decay": cfg.optim.weight_decay}.items():
-        if value < 0:
-            raise bad(key, f"must be >= 0, got {value}")
+    check_ranges(source, cfg, positive=["data.segment_seconds", "optim.lr", "optim.max_steps", "run.batch_size",
+                 "run.log_every", "run.keep_checkpoints", "loss.mel_bins", "data.valid_windows", "loss.log_floor"],
+                 non_negative=["optim.warmup", "optim.grad_clip", "run.eval_every", "run.save_every", "loss.mel_weight",
+                 "loss.stft_weight", "loss.wave_weight", "loss.commitment_weight", "run.threads", "optim.weight_decay"])
     if not 0 < cfg.loss.ema_decay < 1:
         raise bad("loss.ema_decay", f"must be in (0, 1), got {cfg.loss.ema_decay}")
     if cfg.optim.schedule not in ("cosine", "constant"):
         raise bad("optim.schedule", f"must be cosine or constant, got {cfg.optim.schedule!r}")
     if len(cfg.optim.betas) != 2 or not all(0 <= b < 1 for b in cfg.optim.betas):
         raise bad("optim.betas", f"must be two numbers in [0, 1), got {cfg.optim.betas}")
-    if cfg.loss.log_floor <= 0:
-        raise bad("loss.log_floor", f"must be > 0, got {cfg.loss.log_floor}")
     if not cfg.loss.scales or any(s < 16 for s in cfg.loss.scales):
         raise bad("loss.scales", f"must be window lengths of at least 16 samples, got {cfg.loss.scales}")
 
@@ -190,7 +174,7 @@ def audio_files(specs: list[str]) -> list[Path]:
     for spec in specs:
         path = Path(spec)
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+            files += folder_audio_files(path)
         elif path.suffix == ".jsonl":
             for n, line in enumerate(path.read_text().splitlines(), 1):
                 if not line.strip():
@@ -341,160 +325,93 @@ def load_ema_tensors(mimi: Mimi, tensors: dict[str, torch.Tensor]) -> None:
             getattr(mimi.quantizer, half).load_ema_state(state)
 
 
-def lr_factor(step: int, o: CodecOptimConfig) -> float:
-    if step < o.warmup:
-        return (step + 1) / o.warmup
-    if o.schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - o.warmup) / max(1, o.max_steps - o.warmup))
-    return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+# --- the recipe -------------------------------------------------------------------------------------------
+def train_codec(cfg: CodecTrainConfig, stop_after: int | None = None, progress: bool = True) -> Result:
+    """Run (or resume) a codec recipe through the training loop; ``stop_after`` returns after that step without a
+    final checkpoint. A run that reaches ``max_steps`` exports ``RUN/mimi.safetensors`` (``Result.exported``)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise FullduplexError(f"the codec recipe runs in one process, not {os.environ['WORLD_SIZE']}: start it without torchrun")
+    return run(cfg, lambda d, saved: CodecTask(cfg, d, saved), "train codec", stop_after, progress)
 
 
-@dataclass
-class CodecResult:
-    losses: dict[int, float] = field(default_factory=dict)
-    valid: dict[int, float] = field(default_factory=dict)
-    last_step: int = 0
-    resumed_from: int | None = None
-    exported: Path | None = None
+class CodecTask:
+    """The codec recipe's part of the loop: windows of the audio, the Mimi training path, its reconstruction loss,
+    EMA codebook statistics saved with the weights, the released-format export. One process."""
 
+    def __init__(self, cfg: CodecTrainConfig, d: D.Dist, saved: Saved | None) -> None:
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
+        self.cfg, self.device = cfg, d.device
+        if cfg.model.checkpoint:
+            from ..checkpoint.mimi import load_mimi
 
-def build_codec(cfg: CodecTrainConfig) -> Mimi:
-    config = mimi_preset(cfg.model.preset)
-    if cfg.model.checkpoint:
-        from ..checkpoint.mimi import load_mimi
+            mimi = load_mimi(cfg.model.checkpoint, config=mimi_preset(cfg.model.preset), num_codebooks=None)
+        else:
+            mimi = Mimi(mimi_preset(cfg.model.preset))
+        sr, frame = mimi.sample_rate, mimi.frame_size
+        length = max(1, round(cfg.data.segment_seconds * sr / frame)) * frame
+        self.windows = Windows(read_corpus(cfg.data.train, sr), length, cfg.run.seed)
+        self.valid = valid_windows(read_corpus(cfg.data.valid, sr), length, cfg.data.valid_windows) \
+            if cfg.data.valid else None
+        self.frames_per_step = cfg.run.batch_size * length // frame
+        if saved is not None:
+            try:
+                mimi.load_state_dict({k: v for k, v in saved.tensors.items() if not k.startswith(EMA_PREFIX)})
+            except RuntimeError as e:
+                raise FullduplexError(f"{ckpt.step_dir(Path(cfg.run.output), saved.step)} does not fit model.preset "
+                                      f"{cfg.model.preset!r} ({str(e).splitlines()[0]}); use a new run.output") from None
+            load_ema_tensors(mimi, saved.tensors)
+        self.model = mimi.to(self.device).train()
+        self.loss_fn = ReconstructionLoss(cfg.loss, sr).to(self.device)
+        params = [p for p in mimi.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                                           weight_decay=cfg.optim.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg.optim))
+        self.settings = EmaSettings(cfg.loss.ema_decay, cfg.loss.dead_ratio)
+        self.generator = torch.Generator(device=self.device)
 
-        return load_mimi(cfg.model.checkpoint, config=config, num_codebooks=None)
-    mimi = Mimi(config)
-    return mimi
-
-
-def train_codec(cfg: CodecTrainConfig, stop_after: int | None = None, progress: bool = True) -> CodecResult:
-    """Run (or resume) a codec recipe; ``stop_after`` returns after that step without a final checkpoint."""
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
-    device = torch.device(cfg.run.device if cfg.run.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    run_dir = Path(cfg.run.output)
-    ckpt.check_run_dir(run_dir)
-    metrics_path = run_dir / METRICS
-    seed_everything(cfg.run.seed)
-    mimi = build_codec(cfg)
-    sr, frame = mimi.sample_rate, mimi.frame_size
-    length = max(1, round(cfg.data.segment_seconds * sr / frame)) * frame
-    windows = Windows(read_corpus(cfg.data.train, sr), length, cfg.run.seed)
-    valid = valid_windows(read_corpus(cfg.data.valid, sr), length, cfg.data.valid_windows) if cfg.data.valid else None
-    steps = ckpt.list_checkpoints(run_dir)
-    resume = steps[-1] if steps else None
-    state: dict[str, Any] = {"step": 0, "best": None}
-    optim_saved = None
-    if resume is not None:
-        tensors, optim_saved, state, rngs = ckpt.load_checkpoint(ckpt.step_dir(run_dir, resume))
-        weights = {k: v for k, v in tensors.items() if not k.startswith(EMA_PREFIX)}
-        try:
-            mimi.load_state_dict(weights)
-        except RuntimeError as e:
-            raise FullduplexError(f"{ckpt.step_dir(run_dir, resume)} does not fit model.preset "
-                                  f"{cfg.model.preset!r} ({str(e).splitlines()[0]}); use a new run.output") from None
-        load_ema_tensors(mimi, tensors)
-        ckpt.set_rng_state(rngs[0])
-    mimi.to(device).train()
-    loss_fn = ReconstructionLoss(cfg.loss, sr).to(device)
-    params = [p for p in mimi.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.optim))
-    if optim_saved is not None:
-        optimizer.load_state_dict(optim_saved)
-        scheduler.load_state_dict(state["scheduler"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
-    _trim_metrics(metrics_path, state["step"])
-    settings = EmaSettings(cfg.loss.ema_decay, cfg.loss.dead_ratio)
-    generator = torch.Generator(device=device)
-
-    def validate() -> float:
-        mimi.eval()
-        total = 0.0
-        with torch.no_grad():
-            for i in range(0, valid.shape[0], cfg.run.batch_size):
-                wav = valid[i : i + cfg.run.batch_size].to(device)
-                _, parts = codec_step(mimi, wav, loss_fn, update=False)
-                total += (parts["loss"] - cfg.loss.commitment_weight * parts["commitment"]) * wav.shape[0]
-        mimi.train()
-        return total / valid.shape[0]
-
-    def save(step: int) -> None:
-        tensors = {k: v.detach().cpu() for k, v in mimi.state_dict().items()} | ema_tensors(mimi)
-        snapshot = {"step": step, "best": best, "scheduler": scheduler.state_dict()}
-        ckpt.save_checkpoint(run_dir, step, tensors, optimizer.state_dict(), snapshot, [ckpt.rng_state()])
-        if best is not None and best["step"] == step:
-            ckpt.write_best(run_dir, step, best["valid_loss"])
-        ckpt.prune(run_dir, cfg.run.keep_checkpoints)
-
-    result = CodecResult(resumed_from=resume)
-    best = state["best"]
-    start = state["step"]
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.optim.max_steps, initial=start, desc="train codec", unit="step", dynamic_ncols=True)
-    step = start
-    for step in range(start + 1, cfg.optim.max_steps + 1):
-        t0 = time.perf_counter()
-        generator.manual_seed(cfg.run.seed * 1_000_003 + step)
-        wav = windows.batch(step, cfg.run.batch_size).to(device)
-        loss, values = codec_step(mimi, wav, loss_fn, update=True, settings=settings, generator=generator)
+    def train_step(self, step: int) -> dict[str, float]:
+        self.generator.manual_seed(self.cfg.run.seed * 1_000_003 + step)  # dead-code replacement draws
+        wav = self.windows.batch(step, self.cfg.run.batch_size).to(self.device)
+        loss, values = codec_step(self.model, wav, self.loss_fn, update=True, settings=self.settings,
+                                  generator=self.generator)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
-        lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        result.losses[step] = values["loss"]
-        record = {"step": step, "split": "train", **values, "grad_norm": float(grad_norm), "lr": lr,
-                  "seconds": time.perf_counter() - t0}
-        evaluate = valid is not None and ((cfg.run.eval_every and step % cfg.run.eval_every == 0)
-                                          or step == cfg.optim.max_steps)
-        improved = False
-        if evaluate:
-            result.valid[step] = validate()
-            if best is None or result.valid[step] < best["valid_loss"]:
-                best, improved = {"step": step, "valid_loss": result.valid[step]}, True
-        if step % cfg.run.log_every == 0 or step == cfg.optim.max_steps:
-            _append_metrics(metrics_path, record)
-        if evaluate:
-            _append_metrics(metrics_path, {"step": step, "split": "valid", "loss": result.valid[step]})
-        if bar is not None:
-            bar.set_postfix(loss=f"{values['loss']:.3f}", mel=f"{values['mel']:.3f}",
-                            **({"valid": f"{result.valid[step]:.3f}"} if evaluate else {}))
-            bar.update(1)
-        if stop_after is not None and step >= stop_after:
-            break
-        if improved or (cfg.run.save_every and step % cfg.run.save_every == 0) or step == cfg.optim.max_steps:
-            save(step)
-    if bar is not None:
-        bar.close()
-    draw_loss_curve(run_dir, metrics_path)
-    result.last_step = step
-    if step == cfg.optim.max_steps and (stop_after is None or step < stop_after):
-        result.exported = export_codec(run_dir, mimi.config)
-    return result
+        return values
+
+    def validate(self) -> float | None:
+        """The reconstruction loss (no commitment) of the fixed held-out windows."""
+        if self.valid is None:
+            return None
+        self.model.eval()
+        total, size = 0.0, self.cfg.run.batch_size
+        with torch.no_grad():
+            for i in range(0, self.valid.shape[0], size):
+                wav = self.valid[i : i + size].to(self.device)
+                _, parts = codec_step(self.model, wav, self.loss_fn, update=False)
+                total += (parts["loss"] - self.cfg.loss.commitment_weight * parts["commitment"]) * wav.shape[0]
+        self.model.train()
+        return total / self.valid.shape[0]
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()} | ema_tensors(self.model)
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+    def export(self, run_dir: Path) -> Path | None:
+        return export_codec(run_dir, self.model.config)
 
 
-def export_codec(run_dir: Path, config: MimiConfig, which: str = "best") -> Path:
-    """Write ``RUN/mimi.safetensors`` (released format) from the best (or last) checkpoint, and
-    ``RUN/mimi_config.json``; returns the weights file."""
+def export_codec(run_dir: Path, config: MimiConfig) -> Path:
+    """Write ``RUN/mimi.safetensors`` (released format) from the best checkpoint (the last one when the run had no
+    validation), and ``RUN/mimi_config.json``; returns the weights file."""
     from ..atomic import atomic_output
     from ..checkpoint.mimi import save_mimi
 
-    steps = ckpt.list_checkpoints(run_dir)
-    if not steps:
-        raise FullduplexError(f"{run_dir}: no checkpoints to export")
-    best = ckpt.read_best(run_dir)
-    step = int(best["step"]) if which == "best" and best is not None else steps[-1]
-    tensors, _, _, _ = ckpt.load_checkpoint(ckpt.step_dir(run_dir, step))
+    step = ckpt.pick_checkpoint(run_dir, "best")
     mimi = Mimi(config)
-    mimi.load_state_dict({k: v for k, v in tensors.items() if not k.startswith(EMA_PREFIX)})
+    mimi.load_state_dict({k: v for k, v in ckpt.load_checkpoint(run_dir, step).tensors.items()
+                          if not k.startswith(EMA_PREFIX)})
     out = save_mimi(mimi, run_dir / "mimi.safetensors")
     with atomic_output(run_dir / "mimi_config.json") as tmp:
         tmp.write_text(json.dumps({"mimi_config": config.to_moshi_dict(), "step": step}, indent=1) + "\n")

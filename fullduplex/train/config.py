@@ -78,6 +78,7 @@ class RunConfig:
     output: str = "runs/train"
     batch_size: int = 1  # windows per rank per micro-batch
     grad_accumulation: int = 1
+    global_batch: int = 0  # windows per step over all ranks; set: grad_accumulation follows from it on any world size
     eval_every: int = 100  # 0: never
     eval_batches: int = 4  # micro-batches per validation (per rank)
     save_every: int = 100  # 0: only at the end
@@ -183,6 +184,15 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
     return cls(**values)
 
 
+def check_ranges(source: str, cfg: Any, positive: list[str], non_negative: list[str]) -> None:
+    """ConfigError naming the first of the dotted keys ``positive`` that is not > 0 or ``non_negative`` below 0."""
+    for key in [*positive, *non_negative]:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value < 0 or (value == 0 and key in positive):
+            raise ConfigError(f"{source}: {key} must be {'> 0' if key in positive else '>= 0'}, got {value}")
+
+
 def _validate(cfg: TrainConfig, source: str, base: Path, check_paths: bool) -> None:
     def bad(key: str, why: str) -> ConfigError:
         return ConfigError(f"{source}: {key} {why}")
@@ -193,26 +203,12 @@ def _validate(cfg: TrainConfig, source: str, base: Path, check_paths: bool) -> N
         for p in paths if check_paths else ():
             if not (base / p).exists():
                 raise bad(key, f"names {p!r}, which does not exist (relative paths are read from {base})")
-    positive = {
-        "data.segment_seconds": cfg.data.segment_seconds, "data.frame_rate": cfg.data.frame_rate,
-        "optim.max_steps": cfg.optim.max_steps, "run.batch_size": cfg.run.batch_size,
-        "run.grad_accumulation": cfg.run.grad_accumulation, "run.eval_batches": cfg.run.eval_batches,
-        "run.keep_checkpoints": cfg.run.keep_checkpoints, "run.log_every": cfg.run.log_every,
-        "optim.lr_temporal": cfg.optim.lr_temporal, "optim.lr_depth": cfg.optim.lr_depth,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise bad(key, f"must be > 0, got {value}")
-    non_negative = {
-        "optim.warmup": cfg.optim.warmup, "optim.weight_decay": cfg.optim.weight_decay,
-        "optim.grad_clip": cfg.optim.grad_clip, "run.eval_every": cfg.run.eval_every,
-        "run.save_every": cfg.run.save_every, "loss.text_weight": cfg.loss.text_weight,
-        "loss.audio_weight": cfg.loss.audio_weight, "loss.semantic_weight": cfg.loss.semantic_weight,
-        "loss.pad_weight": cfg.loss.pad_weight, "loss.epad_weight": cfg.loss.epad_weight,
-    }
-    for key, value in non_negative.items():
-        if value < 0:
-            raise bad(key, f"must be >= 0, got {value}")
+    check_ranges(source, cfg, positive=["data.segment_seconds", "data.frame_rate", "optim.max_steps",
+                 "run.batch_size", "run.grad_accumulation", "run.eval_batches", "run.keep_checkpoints", "run.log_every",
+                 "optim.lr_temporal", "optim.lr_depth"],
+                 non_negative=["optim.warmup", "optim.weight_decay", "optim.grad_clip", "run.eval_every",
+                 "run.save_every", "run.global_batch", "loss.text_weight", "loss.audio_weight", "loss.semantic_weight",
+                 "loss.pad_weight", "loss.epad_weight"])
     if len(cfg.optim.betas) != 2 or not all(0 <= b < 1 for b in cfg.optim.betas):
         raise bad("optim.betas", f"must be two numbers in [0, 1), got {cfg.optim.betas}")
     choices = {
@@ -231,6 +227,9 @@ def _validate(cfg: TrainConfig, source: str, base: Path, check_paths: bool) -> N
         raise bad("optim.pct_start", f"must be in (0, 1), got {cfg.optim.pct_start}")
     if cfg.optim.schedule == "onecycle" and cfg.optim.warmup:
         raise bad("optim.warmup", "must be 0 with schedule onecycle (its warm-up is pct_start x max_steps)")
+    if cfg.run.global_batch and cfg.run.grad_accumulation != 1:
+        raise bad("run.grad_accumulation", "must be left at 1 with run.global_batch (the micro-batches per rank "
+                  "follow from global_batch / (batch_size x ranks))")
     if cfg.wandb.project is not None and not cfg.wandb.project:
         raise bad("wandb.project", "must not be empty (leave it out for no wandb logging)")
     if cfg.lora.train_embeddings and not cfg.lora.enabled:

@@ -12,30 +12,13 @@ its position is one counter saved with the checkpoints.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from functools import lru_cache
 
 import numpy as np
 import torch
 
 from ..data.shards import ShardDataset
 from ..lm.model import ZERO_TOKEN
-
-
-class _Cache:
-    """The last few items read, by dataset index (conversations are read many times per epoch)."""
-
-    def __init__(self, dataset: ShardDataset, size: int = 32) -> None:
-        self.dataset, self.size, self.items = dataset, size, OrderedDict()
-
-    def codes(self, j: int) -> torch.Tensor:
-        if j in self.items:
-            self.items.move_to_end(j)
-            return self.items[j]
-        codes = self.dataset[j]["codes"]
-        self.items[j] = codes
-        if len(self.items) > self.size:
-            self.items.popitem(last=False)
-        return codes
 
 
 def cut_window(codes: torch.Tensor, start: int, frames: int) -> torch.Tensor:
@@ -54,17 +37,21 @@ class TrainWindows:
         if len(dataset) == 0:
             raise ValueError(f"no items in the training shards {[str(f) for f in dataset.files]}")
         self.frames, self.seed = frames, seed
-        self.cache = _Cache(dataset)
+        self.codes = lru_cache(maxsize=32)(lambda j: dataset[j]["codes"])  # conversations are read many times
         lengths = np.maximum(np.asarray(dataset.frames, dtype=np.float64), 1.0)
         self.cumulative = np.cumsum(lengths / lengths.sum())
         self.lengths = dataset.frames
 
-    def window(self, step: int, index: int) -> torch.Tensor:
-        """Window ``index`` of global step ``step``: [K, frames] int64."""
+    def locate(self, step: int, index: int) -> tuple[int, int]:
+        """(item, first frame) of window ``index`` of global step ``step``."""
         rng = np.random.Generator(np.random.PCG64([self.seed, step, index]))
         j = min(int(np.searchsorted(self.cumulative, rng.random(), side="right")), len(self.lengths) - 1)
-        start = int(rng.integers(0, max(self.lengths[j] - self.frames, 0) + 1))
-        return cut_window(self.cache.codes(j), start, self.frames)
+        return j, int(rng.integers(0, max(self.lengths[j] - self.frames, 0) + 1))
+
+    def window(self, step: int, index: int) -> torch.Tensor:
+        """Window ``index`` of global step ``step``: [K, frames] int64, read from its item only."""
+        j, start = self.locate(step, index)
+        return cut_window(self.codes(j), start, self.frames)
 
     def batch(self, step: int, micro: int, rank: int, world: int, batch_size: int) -> torch.Tensor:
         """[B, K, frames] for ``rank``'s share of micro-batch ``micro`` of ``step``."""
@@ -77,7 +64,7 @@ class ValidWindows:
 
     def __init__(self, dataset: ShardDataset, frames: int) -> None:
         self.frames = frames
-        self.cache = _Cache(dataset, size=4)
+        self.codes = lru_cache(maxsize=4)(lambda j: dataset[j]["codes"])
         self.windows = [(j, s) for j, t in enumerate(dataset.frames) for s in range(0, max(t, 1), frames)]
         if not self.windows:
             raise ValueError(f"no items in the validation shards {[str(f) for f in dataset.files]}")
@@ -87,5 +74,5 @@ class ValidWindows:
         out = []
         for b in range(batch_size):
             j, start = self.windows[(position + rank * batch_size + b) % len(self.windows)]
-            out.append(cut_window(self.cache.codes(j), start, self.frames))
+            out.append(cut_window(self.codes(j), start, self.frames))
         return torch.stack(out)

@@ -96,15 +96,6 @@ def grad_scale(d: Dist, fsdp: bool) -> float:
     return float(d.world) if fsdp else 1.0
 
 
-def broadcast_object(obj: object, d: Dist) -> object:
-    """Rank 0's ``obj`` on every rank."""
-    if not d.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def gather_objects(obj: object, d: Dist) -> list[object]:
     """Every rank's ``obj``, in rank order, on every rank."""
     if not d.enabled:

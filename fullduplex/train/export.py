@@ -34,23 +34,6 @@ EXPORT = checkpoint_folder("fullduplex export")
 STAGES = 3  # on_stage calls of an export: base model, trained weights, writing (for a progress bar's total)
 
 
-def pick_checkpoint(run_dir: Path, which: str) -> int:
-    """The step of ``best`` (lowest validation loss; the last one when the run had no validation), ``last``, or
-    a step number."""
-    steps = ckpt.list_checkpoints(run_dir)
-    if not steps:
-        raise FullduplexError(f"{run_dir}: no checkpoints (expected {run_dir / ckpt.CHECKPOINTS}/step_NNNNNN/); "
-                              "is this a `fullduplex train` run.output folder?")
-    if which == "last":
-        return steps[-1]
-    if which == "best":
-        best = ckpt.read_best(run_dir)
-        return steps[-1] if best is None else int(best["step"])
-    if not which.isdigit() or int(which) not in steps:
-        raise FullduplexError(f"{run_dir}: --checkpoint {which!r} is not best, last or one of the steps {steps}")
-    return int(which)
-
-
 def _inputs(*paths: str | Path | None) -> tuple[Path, ...]:
     """The local files and folders among ``paths`` (an output folder must never hold one of them)."""
     return tuple(Path(p) for p in paths if p is not None and not str(p).startswith("hf://") and Path(p).exists())
@@ -100,17 +83,13 @@ def export_run(run_dir: str | Path, output: str | Path, checkpoint: str = "best"
     if not config_path.is_file():
         raise FullduplexError(f"{run_dir}: no config.json; is this a `fullduplex train` run.output folder?")
     cfg = load_config(None, raw=json.loads(config_path.read_text()), check_paths=False)
-    step = pick_checkpoint(run_dir, checkpoint)
+    step = ckpt.pick_checkpoint(run_dir, checkpoint)
     stage = on_stage or (lambda _: None)
     stage("loading the base model")
     trainable = load_file(str(ckpt.step_dir(run_dir, step) / "trainable.safetensors"))
-    if cfg.model.from_scratch:
-        from .recipe import scratch_model
+    from .recipe import load_base
 
-        model = scratch_model(cfg, cfg.run.seed)
-    else:
-        path, repo_config = resolve_lm(cfg.model.checkpoint, cfg.model.hf_repo)
-        model = load_lm(path, config=cfg.model.config or repo_config, device="cpu", dtype=torch.float32)
+    model = load_base(cfg, torch.float32)
     keep = {"fmt": fmt, "mimi": mimi, "overwrite": overwrite, "protect": (run_dir, *_inputs(cfg.model.checkpoint)),
             "on_stage": on_stage}
     stage(f"applying step {step}" + (" and folding LoRA in" if cfg.lora.enabled and not keep_lora else ""))

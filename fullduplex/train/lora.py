@@ -95,8 +95,3 @@ def merge_lora(model: nn.Module) -> nn.Module:
             linear.weight = nn.Parameter(module.merged_weight().detach(), requires_grad=False)
             setattr(parent, child, linear)
     return model
-
-
-def adapter_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The adapter tensors (``*.lora_A``, ``*.lora_B``) of a state dict."""
-    return {k: v for k, v in state.items() if k.endswith((".lora_A", ".lora_B"))}

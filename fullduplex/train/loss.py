@@ -53,12 +53,10 @@ def target_weights(codes: torch.Tensor, config: LMConfig, loss: LossConfig) -> W
 
 @dataclass
 class LossParts:
-    """Weighted CE sums (not yet normalised) and unweighted diagnostics of one micro-batch."""
+    """Weighted CE sums of one micro-batch, not yet normalised."""
 
     text: torch.Tensor  # sum w_text * CE
     audio: torch.Tensor  # sum w_audio * CE
-    semantic: torch.Tensor  # sum CE on codebook 0 (unweighted)
-    semantic_count: torch.Tensor
 
 
 def loss_parts(out: LMOutput, codes: torch.Tensor, weights: Weights, config: LMConfig) -> LossParts:
@@ -71,11 +69,7 @@ def loss_parts(out: LMOutput, codes: torch.Tensor, weights: Weights, config: LMC
     audio_logits = out.audio_logits.float().nan_to_num()  # [B, dep_q, T, card]
     ce_audio = F.cross_entropy(audio_logits.permute(0, 3, 1, 2), audio_target, reduction="none")  # [B, dep_q, T]
     w_audio = weights.audio * out.audio_mask
-    semantic_mask = out.audio_mask[:, 0].float()
-    return LossParts(
-        (w_text * ce_text).sum(), (w_audio * ce_audio).sum(), (ce_audio[:, 0] * semantic_mask).sum(),
-        semantic_mask.sum(),
-    )
+    return LossParts((w_text * ce_text).sum(), (w_audio * ce_audio).sum())
 
 
 def combine(parts: LossParts, text_total: torch.Tensor, audio_total: torch.Tensor, loss: LossConfig) -> torch.Tensor:

@@ -115,6 +115,13 @@ def test_cli_dispatches_on_task_and_reports_bad_keys(recipe, tmp_path, capsys):
     assert_one_line_error(run(["train", str(recipe), "-o", "task=speech"]), capsys.readouterr().err, "task")
 
 
+def test_codec_recipe_under_torchrun_is_refused(recipe, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code = run(["train", str(recipe), "-o", f"run.output={tmp_path / 'd'}"])
+    assert_one_line_error(code, capsys.readouterr().err, "one process", "without torchrun")
+    assert not (tmp_path / "d").exists()
+
+
 @pytest.mark.parametrize("name", ["codec.yaml", "lm.yaml"])
 def test_demo_recipes_are_valid(name, tmp_path):
     path = ROOT / "examples" / "demo" / name
