@@ -111,8 +111,8 @@ def test_cli_with_injected_transcriber(tmp_path, capsys, monkeypatch):
     mono(tmp_path / "calls" / "m.wav", 1.0)
     made = []
 
-    def fake_whisper(model, device, compute_type):
-        made.append((model, device, compute_type))
+    def fake_whisper(model, device, compute_type, batch_size, device_index):
+        made.append((model, device, compute_type, batch_size, device_index))
         return EnergyTranscriber()
 
     monkeypatch.setattr(annotate_module, "FasterWhisper", fake_whisper)
@@ -122,7 +122,7 @@ def test_cli_with_injected_transcriber(tmp_path, capsys, monkeypatch):
     out, err = capsys.readouterr()
     assert "annotated 1 file(s)" in out and "1 problem(s)" in out
     assert f"warning: skipped {tmp_path / 'calls' / 'm.wav'}: " in err and "1 channel" in err
-    assert made == [("m", "auto", "default")]
+    assert made == [("m", "auto", "default", 1, 0)]
     assert json.loads((tmp_path / "out" / "a.json").read_text())["alignments"]
     # a second run has nothing left to do (the bad file is retried and fails again) and loads no model
     (tmp_path / "calls" / "m.wav").unlink()
@@ -144,3 +144,33 @@ def test_cli_bad_inputs(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     code = main(["data", "annotate", str(tmp_path / "empty"), "--model", "m", "-o", str(tmp_path / "o")])
     assert_one_line_error(code, capsys.readouterr().err, "no audio files")
+
+
+def test_parts_share_the_files(tmp_path, capsys, monkeypatch):
+    """--num-shards N --shard-index I (or torchrun's RANK / WORLD_SIZE) annotates a share of the files: the parts
+    are disjoint, cover the manifest, are balanced by the manifest's durations, and the environment picks the
+    same share as the flags."""
+    import fullduplex.data.annotate as annotate_module
+
+    for name in "abcde":
+        stereo(tmp_path / f"{name}.wav", 1.0, 0.0, 0.5)
+    m = manifest(tmp_path / "m.jsonl", [{"path": f"{n}.wav", "duration": d} for n, d in zip("abcde", [9, 1, 4, 4, 2])])
+    monkeypatch.setattr(annotate_module, "FasterWhisper", lambda *args: EnergyTranscriber())
+    done: dict[str, set[str]] = {}
+    for index in range(2):
+        out = tmp_path / f"out{index}"
+        assert main(["data", "annotate", str(m), "--model", "m", "--output", str(out), "-q",
+                     "--num-shards", "2", "--shard-index", str(index)]) == 0
+        done[f"flags{index}"] = {p.stem for p in out.glob("*.json")}
+        out = tmp_path / f"env{index}"
+        monkeypatch.setenv("RANK", str(index))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        assert main(["data", "annotate", str(m), "--model", "m", "--output", str(out), "-q"]) == 0
+        done[f"env{index}"] = {p.stem for p in out.glob("*.json")}
+    capsys.readouterr()
+    # longest first to the least loaded: a(9) -> 0, c(4) -> 1, d(4) -> 1, e(2) -> 1, b(1) -> 0: 10 s each
+    assert done["flags0"] == done["env0"] == {"a", "b"} and done["flags1"] == done["env1"] == {"c", "d", "e"}
+    monkeypatch.delenv("RANK")
+    code = main(["data", "annotate", str(m), "--model", "m", "--output", str(tmp_path / "o"), "--num-shards", "2",
+                 "--shard-index", "2"])
+    assert_one_line_error(code, capsys.readouterr().err, "--shard-index 2", "0 .. 1")
