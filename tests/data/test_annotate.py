@@ -154,7 +154,7 @@ def test_parts_share_the_files(tmp_path, capsys, monkeypatch):
 
     for name in "abcde":
         stereo(tmp_path / f"{name}.wav", 1.0, 0.0, 0.5)
-    m = manifest(tmp_path / "m.jsonl", [{"path": f"{n}.wav", "duration": d} for n, d in zip("abcde", [9, 1, 4, 4, 2])])
+    m = manifest(tmp_path / "m.jsonl", [{"path": f"{n}.wav", "duration": d} for n, d in zip("abcde", [9, 1, 4, 4, 2], strict=True)])
     monkeypatch.setattr(annotate_module, "FasterWhisper", lambda *args: EnergyTranscriber())
     done: dict[str, set[str]] = {}
     for index in range(2):
