@@ -62,12 +62,13 @@ def merge(sources: Sequence[str | os.PathLike[str]], output: str | os.PathLike[s
         if info is None:
             raise FullduplexError(f"{folder}: part.json is missing or unreadable; run that part again")
         infos.append(info)
-    first, identity_keys = infos[0], [k for k in IDENTITY_WORDS if k != "format"]
+    first, identity_keys = infos[0], [k for k in IDENTITY_WORDS if k not in ("format", "shard_index")]
     for folder, info in zip(folders[1:], infos[1:], strict=True):
         for key in identity_keys:
             if info.get(key) != first.get(key):
-                raise FullduplexError(f"{folder} and {folders[0]} are not parts of one run: {IDENTITY_WORDS[key]} "
-                                      "differ; prepare every part with the same manifest, options and models")
+                raise FullduplexError(f"{folder} and {folders[0]} are not parts of one run (different "
+                                      f"{IDENTITY_WORDS[key]}); prepare every part with the same manifest, options "
+                                      "and models")
     count = int(first["num_shards"])
     by_index: dict[int, tuple[Path, dict]] = {}
     for folder, info in zip(folders, infos, strict=True):

@@ -478,11 +478,11 @@ def part_identity(manifest: Path, mimi: Mimi, tokenizer: TextTokenizer, options:
     }
 
 
-IDENTITY_WORDS = {  # how a message names each key of part_identity
-    "format": "the part format", "manifest": "the manifest path", "manifest_sha256": "the manifest's content",
-    "num_shards": "--num-shards", "settings": "the options (--shard-size, --both-sides, --policy, --no-spaces, "
-    "--alignments)", "mimi_sha256": "the Mimi weights", "tokenizer_sha256": "the tokenizer",
-    "shard_meta": "the shards' metadata (tokenizer or Mimi file name, fullduplex version)",
+IDENTITY_WORDS = {  # how a message names each key of part_identity: "different ..."
+    "format": "part format", "manifest": "manifest path", "manifest_sha256": "manifest content",
+    "num_shards": "--num-shards", "settings": "options (--shard-size, --both-sides, --policy, --no-spaces, "
+    "--alignments)", "mimi_sha256": "Mimi weights", "tokenizer_sha256": "tokenizer",
+    "shard_meta": "shard metadata (tokenizer or Mimi file name, fullduplex version)", "shard_index": "--shard-index",
 }
 
 
@@ -526,6 +526,8 @@ def open_part(folder: Path, identity: dict[str, Any], part: Part, overwrite: boo
         return
     info = read_part(folder)
     foreign = [n for n in names if not (_PART_FILE.fullmatch(n) or _PART_TEMP.fullmatch(n))]
+    if info is None and all(_PART_TEMP.fullmatch(n) for n in names):  # killed before part.json was written
+        info, overwrite = dict(identity, shard_index=part.index), True
     if info is None or foreign:
         what = foreign[0] if foreign else names[0]
         raise FullduplexError(f"{folder} is not a `fullduplex data prepare` part (it holds {what!r}); nothing was "
@@ -535,8 +537,8 @@ def open_part(folder: Path, identity: dict[str, Any], part: Part, overwrite: boo
         differ.append("shard_index")
     if differ and not overwrite:
         what = IDENTITY_WORDS.get(differ[0], differ[0])
-        raise FullduplexError(f"{folder} holds {part} of another run ({what} differ); pass --overwrite to start this "
-                              "part again, or give another --output")
+        raise FullduplexError(f"{folder} holds {part} of another run (different {what}); pass --overwrite to start "
+                              "this part again, or give another --output")
     for name in names:
         if overwrite or _PART_TEMP.fullmatch(name):  # temporaries of a killed run are never finished files
             (folder / name).unlink()

@@ -211,7 +211,7 @@ def test_bad_parts_are_refused(tmp_path, capsys, models, corpus):
                "--shard-index", "1")[0] == 0
     p0, p1, q1 = parts / "part-00000-of-00002", parts / "part-00001-of-00002", other / "part-00001-of-00002"
     cases = [
-        ((p0, q1), ["not parts of one run", "the options"]),
+        ((p0, q1), ["not parts of one run", "different options"]),
         ((p0,), ["part 1 of 2 is missing", "--shard-index 1"]),
         ((p0, p0, p1), ["both part 0 of 2"]),
         ((tmp_path / "nowhere",), ["no such folder"]),
