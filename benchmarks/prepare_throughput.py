@@ -90,7 +90,7 @@ def main() -> None:
         mimi = Mimi(mimi_preset(args.mimi_config), num_codebooks=8).to(device).eval()
         print(f"corpus: {args.conversations} conversations, {audio_seconds:.1f} s of stereo audio "
               f"({args.seconds[0]:g}-{args.seconds[1]:g} s each); Mimi {args.mimi_config} (random weights) on "
-              f"{device}, {args.threads} CPU threads; load average before: {os.getloadavg()[0]:.2f}")
+              f"{device}, {args.threads} CPU threads; load average before: {os.getloadavg()[0]:.2f}", flush=True)
         prepare(manifest, mimi, tokenizer, root / "warmup", PrepareOptions(batch_size=max(args.batch_sizes)),
                 quiet=True)  # first calls allocate and pick kernels
         walls: dict[int, list[float]] = {b: [] for b in args.batch_sizes}
@@ -104,6 +104,7 @@ def main() -> None:
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 walls[b].append(time.perf_counter() - t0)
+                print(f"  run {run + 1}, batch {b}: {walls[b][-1]:.2f} s (load {os.getloadavg()[0]:.1f})", flush=True)
         print(f"load average after: {os.getloadavg()[0]:.2f}")
         base = statistics.median(walls[args.batch_sizes[0]])
         for b in args.batch_sizes:

@@ -106,9 +106,8 @@ def register(subparsers: Any) -> None:
     ann.add_argument("--compute-type", default="default", metavar="TYPE",
                      help="CTranslate2 compute type: default, float16, int8_float16, int8, ... (default: default)")
     ann.add_argument("--batch-size", type=positive_int, default=1, metavar="N",
-                     help="ASR windows per faster-whisper call (BatchedInferencePipeline, which also cuts the audio "
-                     "at pauses with its VAD); 1: one window at a time, with beam search over the previous text "
-                     "(default: 1)")
+                     help="30 s ASR windows per faster-whisper call, N > 1 with its BatchedInferencePipeline (which "
+                     "first cuts the audio at pauses with its VAD); 1: window after window (default: 1)")
     add_part_arguments(ann)
     ann.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     ann.set_defaults(func=annotate_command)
@@ -210,7 +209,8 @@ def annotate_command(args: argparse.Namespace) -> int:
     transcriber = FasterWhisper(args.model, device, args.compute_type, args.batch_size, index) if todo else None
     language = None if args.language == "auto" else args.language
     report = annotate(tasks, transcriber, language, args.quiet)
-    report.problems[:0] = problems
+    if part is None or part.index == 0:  # the manifest's bad lines: reported by one part only
+        report.problems[:0] = problems
     for problem in report.problems:
         print(f"warning: skipped {problem}", file=sys.stderr)
     print(report.summary())

@@ -62,6 +62,7 @@ from .shards import FORMAT, INDEX_NAME, NUM_STREAMS, write_shard
 
 NUM_CODEBOOKS = (NUM_STREAMS - 1) // 2  # 8 per speaker
 CHUNK_FRAMES = 250  # Mimi encodes 20 s at a time, so memory does not grow with the conversation
+CHUNK_ROWS_FRAMES = 4000  # ... and at most 16 channels of 20 s (320 s) per call, so it does not grow with the batch
 WINDOW_BATCHES = 4  # batches sorted together by length: more wastes less padding but holds more codes
 REPORT_NAME = "report.json"
 PART_NAME = "part.json"
@@ -199,7 +200,8 @@ def encode_conversations(mimi: Mimi, wavs: Sequence[torch.Tensor]) -> list[torch
     [2, K, T_i], T_i = ceil(S_i / frame_size), exactly the codes of encoding each one alone.
 
     Rows are zero-padded at the end to the longest (Mimi is causal: later samples change no earlier frame) and
-    streamed in chunks of :data:`CHUNK_FRAMES` frames (equal to one batch call, see ``Mimi.encode``)."""
+    streamed in chunks of :data:`CHUNK_FRAMES` frames, fewer for big batches (:data:`CHUNK_ROWS_FRAMES`); streaming
+    equals one batch call (see ``Mimi.encode``), so the chunking changes no code."""
     if not wavs:
         return []
     device = next(mimi.parameters()).device
@@ -208,13 +210,14 @@ def encode_conversations(mimi: Mimi, wavs: Sequence[torch.Tensor]) -> list[torch
     batch = torch.zeros(2 * len(wavs), 1, max(frames) * frame)  # [2B, 1, T * frame]
     for i, wav in enumerate(wavs):
         batch[2 * i : 2 * i + 2, 0, : wav.shape[-1]] = wav
+    chunk = frame * min(CHUNK_FRAMES, max(1, CHUNK_ROWS_FRAMES // batch.shape[0]))
     pieces = []
     # A CUDA graph per chunk shape would be captured for each batch's last chunk and used once: not worth it.
     graphs, mimi.cuda_graphs = mimi.cuda_graphs, False
     try:
         with torch.inference_mode(), mimi.streaming(batch.shape[0]):
-            for start in range(0, batch.shape[-1], CHUNK_FRAMES * frame):
-                pieces.append(mimi.encode(batch[..., start : start + CHUNK_FRAMES * frame].to(device)).cpu())
+            for start in range(0, batch.shape[-1], chunk):
+                pieces.append(mimi.encode(batch[..., start : start + chunk].to(device)).cpu())
     finally:
         mimi.cuda_graphs = graphs
     codes = torch.cat(pieces, dim=-1)  # [2B, K, T]
@@ -565,13 +568,14 @@ def prepare_part(
     folder = Path(output) / part.folder_name
     entries, problems = read_manifest(manifest)
     groups = groups_of(entries, options)
-    mine = [g for g, p in enumerate(assign([sum(e.duration for e in es) for es in groups], part.count)) if p == part.index]
+    dealt = assign([sum(e.duration for e in es) for es in groups], part.count)
+    mine = [g for g, p in enumerate(dealt) if p == part.index]
     shard_meta = shard_meta_of(tokenizer, options, meta)
     identity = part_identity(manifest, mimi, tokenizer, options, shard_meta, part.count)
     open_part(folder, identity, part, overwrite)
     folder.mkdir(parents=True, exist_ok=True)
-    info = {**identity, "shard_index": part.index, "groups_total": len(groups), "groups": mine, "manifest_problems": [p.to_dict() for p in problems],
-            "finished": False}
+    info = {**identity, "shard_index": part.index, "groups_total": len(groups), "groups": mine,
+            "manifest_problems": [p.to_dict() for p in problems], "finished": False}
     _write_json(folder / PART_NAME, info)
     records = read_records(folder, mine, len(groups))
     todo = [g for g in mine if g not in records]
