@@ -5,8 +5,9 @@ The corpus is made here: N stereo conversations of random lengths (short by defa
 committed English sample, with alignments, and a tiny tokenizer. Mimi has the released architecture
 (``--mimi-config mimi``) with random weights: the same work per second of audio as the real checkpoint. Each run
 prepares the whole corpus end to end (read, resample, encode, align, write shards) into a fresh folder; the batch
-sizes take turns run by run so that machine load falls on all of them alike. Prints the median of the runs and
-the machine's load average.
+sizes take turns run by run so that machine load falls on all of them alike. Prints the median of the runs, in
+wall time and in this process's CPU time (all threads; far less sensitive to other processes on a shared
+machine), and the machine's load average.
 
     python benchmarks/prepare_throughput.py                                  # CPU, 2 threads
     python benchmarks/prepare_throughput.py --device cuda --conversations 256 --batch-sizes 1 16 64
@@ -94,25 +95,29 @@ def main() -> None:
         prepare(manifest, mimi, tokenizer, root / "warmup", PrepareOptions(batch_size=max(args.batch_sizes)),
                 quiet=True)  # first calls allocate and pick kernels
         walls: dict[int, list[float]] = {b: [] for b in args.batch_sizes}
+        cpus: dict[int, list[float]] = {b: [] for b in args.batch_sizes}  # CPU seconds of this process, all threads
         for run in range(args.runs):
             for b in args.batch_sizes:
                 out = root / f"out-{b}-{run}"
                 if device.type == "cuda":
                     torch.cuda.synchronize()
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 prepare(manifest, mimi, tokenizer, out, PrepareOptions(batch_size=b), quiet=True)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 walls[b].append(time.perf_counter() - t0)
-                print(f"  run {run + 1}, batch {b}: {walls[b][-1]:.2f} s (load {os.getloadavg()[0]:.1f})", flush=True)
+                cpus[b].append(time.process_time() - c0)
+                print(f"  run {run + 1}, batch {b}: {walls[b][-1]:.2f} s wall, {cpus[b][-1]:.2f} s CPU "
+                      f"(load {os.getloadavg()[0]:.1f})", flush=True)
         print(f"load average after: {os.getloadavg()[0]:.2f}")
         base = statistics.median(walls[args.batch_sizes[0]])
+        base_cpu = statistics.median(cpus[args.batch_sizes[0]])
         for b in args.batch_sizes:
-            wall = statistics.median(walls[b])
+            wall, cpu = statistics.median(walls[b]), statistics.median(cpus[b])
             rate = audio_seconds / wall  # hours of audio per hour of wall time
-            runs = ", ".join(f"{w:.2f}" for w in walls[b])
-            print(f"batch {b:>3}: {wall:7.2f} s wall (runs: {runs}) -> {rate:8.1f} h of audio per hour, "
-                  f"x{base / wall:.2f} vs batch {args.batch_sizes[0]}")
+            print(f"batch {b:>3}: median {wall:7.2f} s wall -> {rate:8.1f} h of audio per hour, x{base / wall:.2f} vs "
+                  f"batch {args.batch_sizes[0]}; {cpu:7.2f} s CPU -> {audio_seconds / cpu:6.1f} h of audio per "
+                  f"CPU-hour, x{base_cpu / cpu:.2f}")
         if device.type == "cuda":
             best = max(audio_seconds / statistics.median(w) for w in walls.values())
             print(f"26,000 h on 8 such GPUs (one part each, encoding bound): 26000 / (8 x {best:.0f}) = "
