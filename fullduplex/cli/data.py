@@ -180,7 +180,8 @@ def add_part_arguments(parser: argparse.ArgumentParser) -> None:
     """``--num-shards`` / ``--shard-index``: this process does one part of the manifest."""
     group = parser.add_argument_group("parts (many processes or machines)")
     group.add_argument("--num-shards", type=positive_int, metavar="N",
-                       help="split the work into N parts (default: torchrun's WORLD_SIZE when run under it, else 1)")
+                       help="split the work into N parts (default: torchrun's WORLD_SIZE when run under it, else no "
+                       "parts: the whole manifest in this process)")
     group.add_argument("--shard-index", type=int, metavar="I",
                        help="the part this process does, 0 .. N-1 (e.g. $SLURM_ARRAY_TASK_ID; default: torchrun's "
                        "RANK)")
