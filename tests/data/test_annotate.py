@@ -13,6 +13,7 @@ import pytest
 from fullduplex.cli.main import main
 from fullduplex.data.annotate import SAMPLE_RATE, annotate, plan
 from fullduplex.data.formats import LEFT_SPEAKER, RIGHT_SPEAKER, read_alignments
+from fullduplex.errors import FullduplexError
 from fullduplex.text import Word
 from tests.data.samples import manifest, mono, stereo
 from tests.helpers import assert_one_line_error
@@ -174,3 +175,47 @@ def test_parts_share_the_files(tmp_path, capsys, monkeypatch):
     code = main(["data", "annotate", str(m), "--model", "m", "--output", str(tmp_path / "o"), "--num-shards", "2",
                  "--shard-index", "2"])
     assert_one_line_error(code, capsys.readouterr().err, "--shard-index 2", "0 .. 1")
+
+
+def test_batched_asr_goes_through_faster_whisper_batched_pipeline(tmp_path, monkeypatch):
+    """--batch-size N > 1 hands faster-whisper's BatchedInferencePipeline the audio with batch_size=N (a stand-in
+    module records the calls: faster-whisper itself is an optional install, absent here)."""
+    import types
+
+    from fullduplex.data.annotate import FasterWhisper
+
+    calls: list[tuple[str, dict]] = []
+    word = types.SimpleNamespace(word=" hi", start=0.1, end=0.3)
+    segment = types.SimpleNamespace(words=[word])
+
+    class WhisperModel:
+        def __init__(self, path, **kwargs):
+            calls.append(("load", kwargs))
+
+        def transcribe(self, audio, **kwargs):
+            calls.append(("one", kwargs))
+            return iter([segment]), None
+
+    class BatchedInferencePipeline:
+        def __init__(self, model):
+            assert isinstance(model, WhisperModel)
+
+        def transcribe(self, audio, **kwargs):
+            calls.append(("batched", kwargs))
+            return iter([segment]), None
+
+    fake = types.ModuleType("faster_whisper")
+    fake.WhisperModel, fake.BatchedInferencePipeline = WhisperModel, BatchedInferencePipeline
+    monkeypatch.setitem(sys.modules, "faster_whisper", fake)
+    audio = np.zeros(SAMPLE_RATE, dtype=np.float32)
+    words = FasterWhisper(tmp_path, "cuda", "float16", batch_size=16, device_index=3).transcribe(audio, "hi")
+    assert [(w.text, w.start, w.end) for w in words] == [(" hi", 0.1, 0.3)]
+    assert calls[0] == ("load", {"device": "cuda", "device_index": 3, "compute_type": "float16",
+                                 "local_files_only": True})
+    assert calls[1] == ("batched", {"language": "hi", "word_timestamps": True, "beam_size": 5, "batch_size": 16})
+    FasterWhisper(tmp_path).transcribe(audio, None)
+    assert calls[-1] == ("one", {"language": None, "word_timestamps": True, "beam_size": 5,
+                                 "condition_on_previous_text": False})
+    del fake.BatchedInferencePipeline  # an old faster-whisper
+    with pytest.raises(FullduplexError, match="faster-whisper >= 1.1"):
+        FasterWhisper(tmp_path, batch_size=2)

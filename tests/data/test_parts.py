@@ -229,6 +229,16 @@ def test_bad_parts_are_refused(tmp_path, capsys, models, corpus):
     (tmp_path / "x" / "part-00000-of-00002" / "mine.txt").write_text("x")
     code, _, err = cli(capsys, models, *prepare_args(corpus, tmp_path / "x", "--num-shards", "2", "--shard-index", "0"))
     assert_one_line_error(code, err, "is not a `fullduplex data prepare` part", "mine.txt", "nothing was deleted")
+    # a part whose manifest changed since it started is not resumed
+    lines = [json.loads(line) for line in corpus.read_text().splitlines() if line.startswith("{\"path\": \"c")]
+    changed = manifest(tmp_path / "changed.jsonl", [dict(line, path=str(corpus.parent / line["path"]))
+                                                     for line in lines[:3]])
+    args = ("prepare", str(changed), "--output", str(tmp_path / "c"), "--num-shards", "2", "--shard-index", "0")
+    assert cli(capsys, models, *args)[0] == 0
+    changed.write_text(changed.read_text() + changed.read_text().splitlines()[0] + "\n")
+    code, _, err = cli(capsys, models, *args)
+    assert_one_line_error(code, err, "of another run (different manifest content)", "--overwrite")
+    assert cli(capsys, models, *args, "--overwrite")[0] == 0
     # the merged output obeys the usual folder rule
     assert cli(capsys, models, "merge", str(parts), "--output", str(tmp_path / "m"))[0] == 0
     code, _, err = cli(capsys, models, "merge", str(parts), "--output", str(tmp_path / "m"))
