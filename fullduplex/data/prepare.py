@@ -207,17 +207,19 @@ def encode_conversations(mimi: Mimi, wavs: Sequence[torch.Tensor]) -> list[torch
     device = next(mimi.parameters()).device
     frame = mimi.frame_size
     frames = [math.ceil(w.shape[-1] / frame) for w in wavs]
-    batch = torch.zeros(2 * len(wavs), 1, max(frames) * frame)  # [2B, 1, T * frame]
-    for i, wav in enumerate(wavs):
-        batch[2 * i : 2 * i + 2, 0, : wav.shape[-1]] = wav
-    chunk = frame * min(CHUNK_FRAMES, max(1, CHUNK_ROWS_FRAMES // batch.shape[0]))
+    rows, total = 2 * len(wavs), max(frames) * frame
+    chunk = frame * min(CHUNK_FRAMES, max(1, CHUNK_ROWS_FRAMES // rows))
     pieces = []
     # A CUDA graph per chunk shape would be captured for each batch's last chunk and used once: not worth it.
     graphs, mimi.cuda_graphs = mimi.cuda_graphs, False
     try:
-        with torch.inference_mode(), mimi.streaming(batch.shape[0]):
-            for start in range(0, batch.shape[-1], chunk):
-                pieces.append(mimi.encode(batch[..., start : start + chunk].to(device)).cpu())
+        with torch.inference_mode(), mimi.streaming(rows):
+            for start in range(0, total, chunk):
+                piece = torch.zeros(rows, 1, min(chunk, total - start))  # [2B, 1, S]: padded chunk by chunk
+                for i, wav in enumerate(wavs):
+                    audio = wav[:, start : start + chunk]
+                    piece[2 * i : 2 * i + 2, 0, : audio.shape[-1]] = audio
+                pieces.append(mimi.encode(piece.to(device)).cpu())
     finally:
         mimi.cuda_graphs = graphs
     codes = torch.cat(pieces, dim=-1)  # [2B, K, T]
