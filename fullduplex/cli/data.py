@@ -1,5 +1,5 @@
-"""``fullduplex data annotate|prepare|synth``: stereo conversations → word alignments → training shards, and
-synthetic conversations spoken by espeak-ng.
+"""``fullduplex data annotate|prepare|merge|synth``: stereo conversations → word alignments → training shards
+(in one process, or in parts joined by ``merge``), and synthetic conversations spoken by espeak-ng.
 
 See docs/data-preparation.md for the formats and the alignment rules.
 """
@@ -24,6 +24,8 @@ Each stereo file's channels are transcribed separately (left: SPEAKER_MAIN, the 
 right: SPEAKER_OTHER) and written to OUTPUT/<same relative path>.json as
   {"alignments": [[word, [start_s, end_s], speaker], ...]}   (sorted by start)
 Files whose alignments already exist are skipped, so an interrupted run resumes where it stopped.
+Many processes: --num-shards N --shard-index I (e.g. a Slurm array), or under torchrun RANK/WORLD_SIZE, each
+annotate a share of the files (dealt by the manifest's durations, longest first; a folder: by sorted name).
 Needs faster-whisper (pip install faster-whisper) and a local CTranslate2 Whisper model folder.
 """
 
@@ -39,7 +41,26 @@ speaker's words become the text stream (word pieces from each word's start frame
 Items are [17, T]: text, the left speaker's codebooks, the right speaker's. --both-sides adds each conversation
 seen from the right speaker. Conversations that cannot be used are skipped and listed with their manifest line.
 OUTPUT (a new folder) gets shard-NNNNN.safetensors, index.json (totals) and report.json (hours, speakers, pad
-ratio, collisions, skipped files); the summary is printed.
+ratio, collisions, skipped files); the summary is printed. Shard NNNNN holds the conversations of manifest
+lines [NNNNN * S, (NNNNN + 1) * S) of the usable ones (S = --shard-size, halved with --both-sides).
+
+In parts (many processes or machines): --num-shards N --shard-index I, or under torchrun its RANK and
+WORLD_SIZE (one GPU per process: cuda:LOCAL_RANK), prepares part I into OUTPUT/part-IIIII-of-NNNNN/. A killed
+part, run again, redoes only its unfinished shards. Then `fullduplex data merge OUTPUT --output DIR` gives the
+folder one process would have written, byte for byte:
+  fullduplex data prepare train.jsonl --tokenizer tok.model --output parts/ --num-shards 8 --shard-index 3
+  torchrun --nproc-per-node 8 -m fullduplex data prepare train.jsonl --tokenizer tok.model --output parts/
+  fullduplex data merge parts/ --output shards/train
+"""
+
+MERGE_EPILOG = """\
+examples:
+  fullduplex data merge parts/ --output shards/train
+  fullduplex data merge parts/part-00000-of-00002 parts/part-00001-of-00002 --output shards/train
+
+Checks that the parts belong to one run (same manifest path and content, options, Mimi weights, tokenizer and
+--num-shards; each part once, all finished), copies their shards and writes index.json and report.json:
+the same files, byte for byte, as `data prepare` without parts. Nothing is written when a check fails.
 """
 
 SYNTH_EPILOG = """\
@@ -59,7 +80,7 @@ Needs espeak-ng (apt-get install espeak-ng).
 
 
 def register(subparsers: Any) -> None:
-    """Add ``data`` with its ``annotate`` and ``prepare`` actions."""
+    """Add ``data`` with its ``annotate``, ``prepare``, ``merge`` and ``synth`` actions."""
     data = subparsers.add_parser(
         "data", help="annotate, prepare or synthesise stereo conversations for training",
         description="Training data in moshi-finetune's format: stereo WAV (left: the speaker the model learns to "
@@ -84,6 +105,10 @@ def register(subparsers: Any) -> None:
     ann.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     ann.add_argument("--compute-type", default="default", metavar="TYPE",
                      help="CTranslate2 compute type: default, float16, int8_float16, int8, ... (default: default)")
+    ann.add_argument("--batch-size", type=positive_int, default=1, metavar="N",
+                     help="30 s ASR windows per faster-whisper call, N > 1 with its BatchedInferencePipeline (which "
+                     "first cuts the audio at pauses with its VAD); 1: window after window (default: 1)")
+    add_part_arguments(ann)
     ann.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     ann.set_defaults(func=annotate_command)
 
@@ -108,9 +133,28 @@ def register(subparsers: Any) -> None:
     prep.add_argument("--no-spaces", action="store_true",
                       help="the language writes no spaces between words (Japanese, Chinese, Thai): tokenize each "
                       "utterance as running text")
-    prep.add_argument("--shard-size", type=positive_int, default=64, metavar="N", help="items per shard (default: 64)")
+    prep.add_argument("--shard-size", type=positive_int, default=64, metavar="N",
+                      help="items per shard: N conversations, N/2 with --both-sides, fewer where some are skipped "
+                      "(default: 64)")
+    prep.add_argument("--batch-size", type=positive_int, default=8, metavar="N",
+                      help="conversations per Mimi call, sorted by length (the shards are the same for any N; "
+                      "memory grows with it; default: 8)")
+    add_part_arguments(prep)
     add_mimi_arguments(prep)
     prep.set_defaults(func=prepare_command)
+
+    mer = actions.add_parser(
+        "merge", help="join the parts of a `data prepare --num-shards` run into one shards folder",
+        description="Join the parts written by `data prepare --num-shards N --shard-index I` (or under torchrun) "
+        "into the folder one process would have written.",
+        epilog=MERGE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    mer.add_argument("parts", nargs="+", metavar="PART",
+                     help="a part folder (OUT/part-00003-of-00008), or the OUT folder holding all of them")
+    mer.add_argument("--output", "-o", required=True, metavar="DIR", help="new (or empty) folder for the shards")
+    mer.add_argument("--overwrite", action="store_true",
+                     help="replace DIR when it holds a previous `data prepare` output (and nothing else)")
+    mer.set_defaults(func=merge_command)
 
     syn = actions.add_parser(
         "synth", help="synthetic stereo dialogues spoken by two espeak-ng voices, with exact word timestamps",
@@ -132,25 +176,46 @@ def register(subparsers: Any) -> None:
     syn.set_defaults(func=synth_command)
 
 
+def add_part_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--num-shards`` / ``--shard-index``: this process does one part of the manifest."""
+    group = parser.add_argument_group("parts (many processes or machines)")
+    group.add_argument("--num-shards", type=positive_int, metavar="N",
+                       help="split the work into N parts (default: torchrun's WORLD_SIZE when run under it, else no "
+                       "parts: the whole manifest in this process)")
+    group.add_argument("--shard-index", type=int, metavar="I",
+                       help="the part this process does, 0 .. N-1 (e.g. $SLURM_ARRAY_TASK_ID; default: torchrun's "
+                       "RANK)")
+
+
 def annotate_command(args: argparse.Namespace) -> int:
-    from ..data.annotate import FasterWhisper, annotate, plan
+    from ..data.annotate import FasterWhisper, annotate, part_tasks, plan
+    from ..data.parts import local_device, resolve_part
 
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise FullduplexError(f"--output {output} is a file; give a folder")
+    part = resolve_part(args.num_shards, args.shard_index)
     tasks, problems = plan(args.input, output)
     if not tasks:
         raise FullduplexError(f"{args.input}: nothing to annotate ({len(problems)} bad manifest line(s))")
+    if part is not None:
+        tasks = part_tasks(tasks, part)
+        print(f"{part}: {len(tasks)} file(s)", file=sys.stderr)
     # faster-whisper loads only when some file still needs it: a finished run resumes instantly.
     todo = any(not t.output.is_file() for t in tasks)
-    transcriber = FasterWhisper(args.model, args.device, args.compute_type) if todo else None
+    device, index = args.device, 0
+    local = local_device()
+    if local is not None and args.device in ("auto", "cuda"):
+        device, index = "cuda", local.index or 0
+    transcriber = FasterWhisper(args.model, device, args.compute_type, args.batch_size, index) if todo else None
     language = None if args.language == "auto" else args.language
     report = annotate(tasks, transcriber, language, args.quiet)
-    report.problems[:0] = problems
+    if part is None or part.index == 0:  # the manifest's bad lines: reported by one part only
+        report.problems[:0] = problems
     for problem in report.problems:
         print(f"warning: skipped {problem}", file=sys.stderr)
     print(report.summary())
-    if report.annotated == 0 and report.already_done == 0:
+    if report.annotated == 0 and report.already_done == 0 and tasks:
         raise FullduplexError(f"{args.input}: no file could be annotated; first problem: {report.problems[0]}")
     return 0
 
@@ -158,11 +223,18 @@ def annotate_command(args: argparse.Namespace) -> int:
 def prepare_command(args: argparse.Namespace) -> int:
     from .. import __version__
     from ..atomic import check_output_folder
-    from ..data.prepare import PREPARED, PrepareOptions, prepare
+    from ..data.parts import local_device, resolve_part
+    from ..data.prepare import PREPARED, PrepareOptions, prepare, prepare_part
     from ..text.tokenizer import TextTokenizer
 
     output = Path(args.output)
-    check_output_folder(output, PREPARED, args.overwrite, protect=(Path(args.manifest),))
+    part = resolve_part(args.num_shards, args.shard_index)
+    if part is None:
+        check_output_folder(output, PREPARED, args.overwrite, protect=(Path(args.manifest),))
+    elif output.exists() and not output.is_dir():
+        raise FullduplexError(f"--output {output} is a file; give a folder (parts go to {output}/{part.folder_name})")
+    if args.device is None and (local := local_device()) is not None:
+        args.device = str(local)  # torchrun: one GPU per process
     resolve_device(args.device)
     tokenizer = TextTokenizer.load(args.tokenizer)
     mimi, weight = load_mimi_from_args(args, num_codebooks=1)
@@ -171,16 +243,35 @@ def prepare_command(args: argparse.Namespace) -> int:
     mimi.num_codebooks = 8
     options = PrepareOptions(
         policy=args.policy, both_sides=args.both_sides, shard_size=args.shard_size, spaced=not args.no_spaces,
-        alignments=Path(args.alignments) if args.alignments else None,
+        alignments=Path(args.alignments) if args.alignments else None, batch_size=args.batch_size,
     )
     meta = {"tokenizer": tokenizer.path.name if tokenizer.path else None, "mimi": weight.name,
             "fullduplex_version": __version__}
-    report = prepare(args.manifest, mimi, tokenizer, output, options, meta=meta, quiet=args.quiet,
-                     overwrite=args.overwrite)
+    if part is None:
+        report = prepare(args.manifest, mimi, tokenizer, output, options, meta=meta, quiet=args.quiet,
+                         overwrite=args.overwrite)
+    else:
+        report = prepare_part(args.manifest, mimi, tokenizer, output, part, options, meta=meta, quiet=args.quiet,
+                              overwrite=args.overwrite)
     for problem in report.skipped:
         print(f"warning: skipped {problem}", file=sys.stderr)
     print(report.summary())
-    print(f"wrote {report.items} items to {output}")
+    if part is None:
+        print(f"wrote {report.items} items to {output}")
+    else:
+        print(f"{part}: {report.items} items in {output / part.folder_name}; when every part is done: "
+              f"fullduplex data merge {output} --output DIR")
+    return 0
+
+
+def merge_command(args: argparse.Namespace) -> int:
+    from ..data.merge import merge
+
+    report = merge(args.parts, args.output, args.overwrite)
+    for problem in report.skipped:
+        print(f"warning: skipped {problem}", file=sys.stderr)
+    print(report.summary())
+    print(f"wrote {report.items} items to {args.output}")
     return 0
 
 

@@ -8,6 +8,9 @@ file in progress.
 
 The transcriber is anything with ``transcribe(audio, language) -> list[Word]``; :class:`FasterWhisper` wraps
 faster-whisper (an optional install) with a local model folder. Tests use a fake one.
+
+Many processes share the files with :func:`part_tasks` (see :mod:`fullduplex.data.parts`); each file's output is
+its own, so the parts need no merging.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from .formats import (
     read_stereo,
     write_alignments,
 )
+from .parts import Part, assign
 
 SAMPLE_RATE = 16000  # what Whisper models hear
 
@@ -50,12 +54,15 @@ class Transcriber(Protocol):
 class FasterWhisper:
     """A :class:`Transcriber` on faster-whisper (CTranslate2 Whisper) loaded from a local model folder.
 
-    ``device``: ``auto``, ``cpu`` or ``cuda``; ``compute_type``: CTranslate2's (``default``, ``float16``,
-    ``int8``, ...). Decoding uses beam search (5 beams) with word timestamps and does not condition on the
-    previous window's text, which keeps hallucinated repetitions from spreading.
+    ``device``: ``auto``, ``cpu`` or ``cuda`` (``device_index`` picks the GPU); ``compute_type``: CTranslate2's
+    (``default``, ``float16``, ``int8``, ...). Decoding uses beam search (5 beams) with word timestamps and does
+    not condition on the previous window's text, which keeps hallucinated repetitions from spreading.
+    ``batch_size`` > 1 decodes that many 30 s windows per call with faster-whisper's ``BatchedInferencePipeline``
+    (its VAD cuts the audio at pauses first; needs faster-whisper >= 1.1).
     """
 
-    def __init__(self, model: str | Path, device: str = "auto", compute_type: str = "default") -> None:
+    def __init__(self, model: str | Path, device: str = "auto", compute_type: str = "default",
+                 batch_size: int = 1, device_index: int = 0) -> None:
         try:
             from faster_whisper import WhisperModel
         except ImportError:
@@ -69,14 +76,29 @@ class FasterWhisper:
                 "converted with ct2-transformers-converter or downloaded from Systran/faster-whisper-medium"
             )
         try:
-            self.model = WhisperModel(str(path), device=device, compute_type=compute_type, local_files_only=True)
+            self.model = WhisperModel(str(path), device=device, device_index=device_index, compute_type=compute_type,
+                                      local_files_only=True)
         except (RuntimeError, ValueError, OSError) as e:
             raise FullduplexError(f"--model {model}: faster-whisper could not load it ({e})") from None
+        self.batch_size = batch_size
+        self.batched = None
+        if batch_size > 1:
+            try:
+                from faster_whisper import BatchedInferencePipeline
+            except ImportError:
+                raise FullduplexError("--batch-size > 1 needs faster-whisper >= 1.1 (BatchedInferencePipeline): "
+                                      "pip install -U faster-whisper, or use --batch-size 1") from None
+            self.batched = BatchedInferencePipeline(model=self.model)
 
     def transcribe(self, audio: np.ndarray, language: str | None) -> list[Word]:
-        segments, _ = self.model.transcribe(
-            audio, language=language, word_timestamps=True, beam_size=5, condition_on_previous_text=False
-        )
+        if self.batched is not None:
+            segments, _ = self.batched.transcribe(
+                audio, language=language, word_timestamps=True, beam_size=5, batch_size=self.batch_size
+            )
+        else:
+            segments, _ = self.model.transcribe(
+                audio, language=language, word_timestamps=True, beam_size=5, condition_on_previous_text=False
+            )
         return [Word(w.word, float(w.start), float(w.end)) for s in segments for w in (s.words or [])]
 
 
@@ -88,6 +110,7 @@ class Task:
     output: Path
     source: str  # the manifest (with ``line``) or the audio file
     line: int | None = None
+    duration: float = 1.0  # seconds the manifest declares (1 for a folder's files): how parts are dealt
 
 
 @dataclass
@@ -116,13 +139,21 @@ def plan(source: str | Path, output: Path) -> tuple[list[Task], list[Problem]]:
         problems: list[Problem] = []
     else:
         entries, problems = read_manifest(source)
-        tasks = [Task(e.path, alignments_path(e.path, source.parent, output), str(source), e.line) for e in entries]
+        tasks = [Task(e.path, alignments_path(e.path, source.parent, output), str(source), e.line, e.duration)
+                 for e in entries]
     seen: dict[Path, Path] = {}
     for task in tasks:
         if task.output in seen and seen[task.output] != task.audio:
             raise DataError(f"{task.audio} and {seen[task.output]} would both write {task.output}; rename one")
         seen[task.output] = task.audio
     return tasks, problems
+
+
+def part_tasks(tasks: Sequence[Task], part: Part) -> list[Task]:
+    """The tasks of ``part``, in their order: dealt by :func:`~fullduplex.data.parts.assign` on their durations
+    (a folder's files all count 1, so they are dealt in turn)."""
+    parts = assign([t.duration for t in tasks], part.count)
+    return [t for t, p in zip(tasks, parts, strict=True) if p == part.index]
 
 
 def clean_words(words: Sequence[Word], duration: float) -> list[Word]:

@@ -9,7 +9,8 @@ A shard is one ``.safetensors`` file holding N items. Item ``i`` is the tensor `
 
 Codes are stored as int16 when every value fits, else int32, and always read back as int64. The safetensors
 metadata holds ``format`` (``fullduplex-shard``), ``version``, ``items`` (a JSON list of per-item info dicts, in
-order) and ``meta`` (a JSON dict about the whole shard). A folder of shards may hold an ``index.json`` with
+order) and ``meta`` (a JSON dict about the whole shard). The header is written with its metadata keys sorted
+(safetensors itself orders them at random), so the same items and meta always give the same bytes. A folder of shards may hold an ``index.json`` with
 totals written by ``fullduplex data prepare``; :class:`ShardDataset` exposes it as ``index`` and never needs it.
 """
 
@@ -17,13 +18,14 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from ..atomic import atomic_output
 from ..errors import FullduplexError
@@ -74,7 +76,18 @@ def write_shard(path: str | os.PathLike[str], items: list[dict[str, Any]], meta:
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        tmp.write_bytes(_sorted_header(save(tensors, metadata=metadata)))
+
+
+def _sorted_header(data: bytes) -> bytes:
+    """A safetensors file's bytes with the ``__metadata__`` keys of its header sorted (the tensors' entries keep
+    their order; their offsets count from the end of the header, so they stay valid)."""
+    (size,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + size])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)  # safetensors pads the header to 8 bytes, so the data stays aligned
+    return struct.pack("<Q", len(text)) + text + data[8 + size :]
 
 
 def _open_header(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any], list[int]]:

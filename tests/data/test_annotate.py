@@ -13,6 +13,7 @@ import pytest
 from fullduplex.cli.main import main
 from fullduplex.data.annotate import SAMPLE_RATE, annotate, plan
 from fullduplex.data.formats import LEFT_SPEAKER, RIGHT_SPEAKER, read_alignments
+from fullduplex.errors import FullduplexError
 from fullduplex.text import Word
 from tests.data.samples import manifest, mono, stereo
 from tests.helpers import assert_one_line_error
@@ -111,8 +112,8 @@ def test_cli_with_injected_transcriber(tmp_path, capsys, monkeypatch):
     mono(tmp_path / "calls" / "m.wav", 1.0)
     made = []
 
-    def fake_whisper(model, device, compute_type):
-        made.append((model, device, compute_type))
+    def fake_whisper(model, device, compute_type, batch_size, device_index):
+        made.append((model, device, compute_type, batch_size, device_index))
         return EnergyTranscriber()
 
     monkeypatch.setattr(annotate_module, "FasterWhisper", fake_whisper)
@@ -122,7 +123,7 @@ def test_cli_with_injected_transcriber(tmp_path, capsys, monkeypatch):
     out, err = capsys.readouterr()
     assert "annotated 1 file(s)" in out and "1 problem(s)" in out
     assert f"warning: skipped {tmp_path / 'calls' / 'm.wav'}: " in err and "1 channel" in err
-    assert made == [("m", "auto", "default")]
+    assert made == [("m", "auto", "default", 1, 0)]
     assert json.loads((tmp_path / "out" / "a.json").read_text())["alignments"]
     # a second run has nothing left to do (the bad file is retried and fails again) and loads no model
     (tmp_path / "calls" / "m.wav").unlink()
@@ -144,3 +145,77 @@ def test_cli_bad_inputs(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     code = main(["data", "annotate", str(tmp_path / "empty"), "--model", "m", "-o", str(tmp_path / "o")])
     assert_one_line_error(code, capsys.readouterr().err, "no audio files")
+
+
+def test_parts_share_the_files(tmp_path, capsys, monkeypatch):
+    """--num-shards N --shard-index I (or torchrun's RANK / WORLD_SIZE) annotates a share of the files: the parts
+    are disjoint, cover the manifest, are balanced by the manifest's durations, and the environment picks the
+    same share as the flags."""
+    import fullduplex.data.annotate as annotate_module
+
+    for name in "abcde":
+        stereo(tmp_path / f"{name}.wav", 1.0, 0.0, 0.5)
+    m = manifest(tmp_path / "m.jsonl", [{"path": f"{n}.wav", "duration": d} for n, d in zip("abcde", [9, 1, 4, 4, 2], strict=True)])
+    monkeypatch.setattr(annotate_module, "FasterWhisper", lambda *args: EnergyTranscriber())
+    done: dict[str, set[str]] = {}
+    for index in range(2):
+        out = tmp_path / f"out{index}"
+        assert main(["data", "annotate", str(m), "--model", "m", "--output", str(out), "-q",
+                     "--num-shards", "2", "--shard-index", str(index)]) == 0
+        done[f"flags{index}"] = {p.stem for p in out.glob("*.json")}
+        out = tmp_path / f"env{index}"
+        monkeypatch.setenv("RANK", str(index))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        assert main(["data", "annotate", str(m), "--model", "m", "--output", str(out), "-q"]) == 0
+        done[f"env{index}"] = {p.stem for p in out.glob("*.json")}
+    capsys.readouterr()
+    # longest first to the least loaded: a(9) -> 0, c(4) -> 1, d(4) -> 1, e(2) -> 1, b(1) -> 0: 10 s each
+    assert done["flags0"] == done["env0"] == {"a", "b"} and done["flags1"] == done["env1"] == {"c", "d", "e"}
+    monkeypatch.delenv("RANK")
+    code = main(["data", "annotate", str(m), "--model", "m", "--output", str(tmp_path / "o"), "--num-shards", "2",
+                 "--shard-index", "2"])
+    assert_one_line_error(code, capsys.readouterr().err, "--shard-index 2", "0 .. 1")
+
+
+def test_batched_asr_goes_through_faster_whisper_batched_pipeline(tmp_path, monkeypatch):
+    """--batch-size N > 1 hands faster-whisper's BatchedInferencePipeline the audio with batch_size=N (a stand-in
+    module records the calls: faster-whisper itself is an optional install, absent here)."""
+    import types
+
+    from fullduplex.data.annotate import FasterWhisper
+
+    calls: list[tuple[str, dict]] = []
+    word = types.SimpleNamespace(word=" hi", start=0.1, end=0.3)
+    segment = types.SimpleNamespace(words=[word])
+
+    class WhisperModel:
+        def __init__(self, path, **kwargs):
+            calls.append(("load", kwargs))
+
+        def transcribe(self, audio, **kwargs):
+            calls.append(("one", kwargs))
+            return iter([segment]), None
+
+    class BatchedInferencePipeline:
+        def __init__(self, model):
+            assert isinstance(model, WhisperModel)
+
+        def transcribe(self, audio, **kwargs):
+            calls.append(("batched", kwargs))
+            return iter([segment]), None
+
+    fake = types.ModuleType("faster_whisper")
+    fake.WhisperModel, fake.BatchedInferencePipeline = WhisperModel, BatchedInferencePipeline
+    monkeypatch.setitem(sys.modules, "faster_whisper", fake)
+    audio = np.zeros(SAMPLE_RATE, dtype=np.float32)
+    words = FasterWhisper(tmp_path, "cuda", "float16", batch_size=16, device_index=3).transcribe(audio, "hi")
+    assert [(w.text, w.start, w.end) for w in words] == [(" hi", 0.1, 0.3)]
+    assert calls[0] == ("load", {"device": "cuda", "device_index": 3, "compute_type": "float16",
+                                 "local_files_only": True})
+    assert calls[1] == ("batched", {"language": "hi", "word_timestamps": True, "beam_size": 5, "batch_size": 16})
+    FasterWhisper(tmp_path).transcribe(audio, None)
+    assert calls[-1] == ("one", {"language": None, "word_timestamps": True, "beam_size": 5,
+                                 "condition_on_previous_text": False})
+    del fake.BatchedInferencePipeline  # an old faster-whisper
+    with pytest.raises(FullduplexError, match="faster-whisper >= 1.1"):
+        FasterWhisper(tmp_path, batch_size=2)

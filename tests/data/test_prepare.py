@@ -106,7 +106,9 @@ def test_prepare_both_sides_with_bad_inputs(tmp_path, capsys, models, corpus):
     assert "2 conversations" in stdout and "3 speakers" in stdout and "skipped 6" in stdout
 
     data = ShardDataset(out)
-    assert [f.name for f in data.files] == ["shard-00000.safetensors", "shard-00001.safetensors"]
+    # --shard-size 3 with both sides: one conversation (2 items) per shard, named by its place among the manifest's
+    # 7 usable lines; the groups whose conversations were all skipped have no file
+    assert [f.name for f in data.files] == ["shard-00000.safetensors", "shard-00006.safetensors"]
     assert len(data) == 4 and data.frames == [75, 75, 50, 50]  # ceil(6 s / 80 ms), ceil(4 s / 80 ms)
     total = AlignStats()
     for j, (wav, side, speakers) in enumerate([
@@ -137,10 +139,10 @@ def test_prepare_both_sides_with_bad_inputs(tmp_path, capsys, models, corpus):
     assert report["skipped"] == 6 and [p["line"] for p in report["skipped_files"]] == [2, 3, 4, 5, 6, 7]
     index = json.loads((out / "index.json").read_text())
     assert (index["items"], index["frames"], index["conversations"]) == (4, 250, 2)
-    assert [s["items"] for s in index["shards"]] == [3, 1]
+    assert [s["items"] for s in index["shards"]] == [2, 2]
     assert data.index == index
     assert sorted(p.name for p in out.iterdir()) == ["index.json", "report.json", "shard-00000.safetensors",
-                                                     "shard-00001.safetensors"]
+                                                     "shard-00006.safetensors"]
     assert not list(tmp_path.glob(".*partial"))
 
 
