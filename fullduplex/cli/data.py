@@ -77,7 +77,11 @@ def register(subparsers: Any) -> None:
         epilog=ANNOTATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ann.add_argument("input", metavar="AUDIO_DIR_OR_MANIFEST", help="folder of stereo audio files, or a .jsonl manifest")
-    ann.add_argument("--model", required=True, metavar="PATH", help="local faster-whisper (CTranslate2) model folder")
+    ann.add_argument("--model", required=True, metavar="PATH",
+                     help="faster-whisper: a local CTranslate2 model folder; kyutai-stt: a model folder or repo")
+    ann.add_argument("--engine", choices=("faster-whisper", "kyutai-stt"), default="faster-whisper",
+                     help="speech recognizer: faster-whisper, or a Kyutai STT model (kyutai/stt-1b-en_fr: English "
+                     "and French, language detected; fullduplex.data.stt_engine) (default: faster-whisper)")
     ann.add_argument("--output", "-o", required=True, metavar="DIR", help="folder for the alignments JSON files")
     ann.add_argument("--language", default="auto", metavar="CODE",
                      help="spoken language: hi, ja, en, ... or auto to detect it per channel (default: auto)")
@@ -143,7 +147,11 @@ def annotate_command(args: argparse.Namespace) -> int:
         raise FullduplexError(f"{args.input}: nothing to annotate ({len(problems)} bad manifest line(s))")
     # faster-whisper loads only when some file still needs it: a finished run resumes instantly.
     todo = any(not t.output.is_file() for t in tasks)
-    transcriber = FasterWhisper(args.model, args.device, args.compute_type) if todo else None
+    transcriber = FasterWhisper(args.model, args.device, args.compute_type) if todo and args.engine == "faster-whisper" else None
+    if todo and args.engine == "kyutai-stt":
+        from ..data.stt_engine import KyutaiStt
+
+        transcriber = KyutaiStt.load(args.model, args.device)
     language = None if args.language == "auto" else args.language
     report = annotate(tasks, transcriber, language, args.quiet)
     report.problems[:0] = problems
