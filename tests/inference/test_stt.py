@@ -178,3 +178,46 @@ def test_gqa_dialogue_teacher_forced_and_greedy_match_reference(dialogue_pair):
         got = [gen.step(user[..., t : t + 1]) for t in range(55)]
     for t in range(1, 55):
         assert torch.equal(got[t], expected[t]), f"step {t}"
+
+
+def test_transcribe_steps_as_the_reference_run_inference(tmp_path):
+    """``transcribe``'s text tokens equal moshi's ``run_inference`` procedure for STT models (silence prefix and
+    tail from stt_config, the first frame stepped twice, LMGen) on the same weights and Mimi codes."""
+    from dataclasses import replace
+
+    from fullduplex.demo import demo_files, demo_mimi_config
+    from fullduplex.inference.transcribe import SttConfig, transcribe
+    from fullduplex.text import train_tokenizer
+    from tests.helpers import speech
+
+    config = replace(STT, card=256)  # the demo Mimi's codebooks: a trained codec, so codes follow the audio
+    reference = reference_model(config, seed=4)
+    ours = fd.load_lm(released_folder(reference, config, tmp_path / "model"))
+    mimi = fd.load_mimi(demo_files()["mimi"], num_codebooks=None, config=demo_mimi_config()).eval()
+    mimi.num_codebooks = config.n_q
+    words = ["hello there", "how are you", "fine thanks", "good morning", "see you later", "what is that"] * 8
+    tokenizer = train_tokenizer(words, tmp_path / "tok", 96, model_type="bpe")
+    stt = SttConfig(audio_delay_seconds=0.24, audio_silence_prefix_seconds=0.16)
+    wav = speech(1.0)[0]  # [1, S]
+    (result,) = transcribe([wav], mimi, ours, tokenizer, stt)
+
+    # moshi/run_inference.py for model_type "stt": pad, keep whole frames, step the first frame twice.
+    padded = torch.nn.functional.pad(wav, (int(0.16 * 24000), int((0.24 + 1.0) * 24000)))
+    frames = padded.shape[-1] // 1920
+    with torch.inference_mode(), mimi.streaming(1):  # one call: streaming Mimi gives the same codes for any chunk
+        codes = mimi.encode(padded[None, :, : frames * 1920]).split(1, dim=-1)
+    gen = reference_lm.LMGen(reference, use_sampling=False, temp=0.0, temp_text=0.0)
+    returned = []  # what each step returned, the duplicated first step included
+    with torch.no_grad(), gen.streaming(1):
+        for f, c in enumerate(codes):
+            if f == 0:
+                returned.append(gen.step(c))
+            returned.append(gen.step(c))
+    lag = config.max_delay - config.delays[0]
+    compared = 0
+    for f in range(frames):  # our frame f: the token sampled at step f + 1, returned at step f + 1 + lag
+        step = f + 1 + lag
+        if step < len(returned) and returned[step] is not None:
+            assert int(result.tokens[f]) == int(returned[step][0, 0, 0]), f"frame {f}"
+            compared += 1
+    assert compared >= 25 and len(set(result.tokens.tolist())) > 3
