@@ -221,3 +221,16 @@ def test_transcribe_steps_as_the_reference_run_inference(tmp_path):
             assert int(result.tokens[f]) == int(returned[step][0, 0, 0]), f"frame {f}"
             compared += 1
     assert compared >= 25 and len(set(result.tokens.tolist())) > 3
+
+
+def test_stt_architecture_inferred_from_its_tensors(stt_pair, tmp_path):
+    """Without a config.json: dep_q 0, GQA, norm_emb, bias_proj, the extra heads and text_card_out come from the
+    tensors (heads, context and delays, which shapes cannot tell, from the base)."""
+    from dataclasses import replace
+
+    from fullduplex.checkpoint.lm import infer_lm_config, tensor_shapes
+
+    _, ours = stt_pair
+    path = fd.save_lm(ours, tmp_path / "model.safetensors")
+    base = replace(LMConfig(), num_heads=4, context=12, hidden_scale=2.0, n_q=8, dep_q=0, delays=STT.delays)
+    assert infer_lm_config(tensor_shapes(path), base) == STT
