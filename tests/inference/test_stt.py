@@ -234,3 +234,30 @@ def test_stt_architecture_inferred_from_its_tensors(stt_pair, tmp_path):
     path = fd.save_lm(ours, tmp_path / "model.safetensors")
     base = replace(LMConfig(), num_heads=4, context=12, hidden_scale=2.0, n_q=8, dep_q=0, delays=STT.delays)
     assert infer_lm_config(tensor_shapes(path), base) == STT
+
+
+def test_stt_step_logits_equal_teacher_forced_logits(stt_pair):
+    """Greedy STT generation recording the text logits, then teacher forcing of the produced text and the user's
+    audio: the same logits (our ``forward`` runs text-only for dep_q 0)."""
+    _, lm = stt_pair
+    B, T, d = 2, 30, STT.delays[0]
+    user = torch.randint(0, STT.card, (B, STT.n_q, T), generator=torch.Generator().manual_seed(9))
+    logits = []
+    hook = lm.text_linear.register_forward_hook(lambda m, i, o: logits.append(o.detach().clone()))
+    try:
+        gen = fd.Generator(lm, temp=0, temp_text=0)
+        with gen.streaming(B):
+            outs = [gen.step(user[..., t : t + 1]) for t in range(T)]
+    finally:
+        hook.remove()
+    # Step s samples text frame s - d (the text stream is d frames late) and hears user frame s, which is teacher
+    # forcing's audio frame s - 1 (the generator's first frame only feeds initial tokens).
+    frames = T - d
+    text = torch.cat([outs[t + d][:, :, 0] for t in range(frames)], dim=1)  # [B, frames]
+    codes = torch.cat([text[:, None], user[:, :, 1 : frames + 1]], dim=1)  # [B, 9, frames]
+    with torch.no_grad():
+        forced = lm(codes)
+    stepped = torch.cat(logits, dim=1)  # [B, T, V]: step s predicts text frame s - d
+    valid = forced.text_mask[0, 0]
+    assert valid.sum() >= 20
+    assert (stepped[:, d:T][:, valid] - forced.text_logits[:, 0][:, valid]).abs().max() < 1e-4
