@@ -118,3 +118,12 @@ def test_errors_leave_nothing(tmp_path, capsys, model):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
     code, _, err = cli(capsys, SPEECH, "--output", tmp_path / "o2", "--model", "nowhere-at-all")
     assert_one_line_error(code, err, "--model nowhere-at-all")
+
+
+def test_generate_refuses_an_stt_model(tmp_path, capsys, model):
+    code = main(["generate", "--input", str(SPEECH), "--output", str(tmp_path / "o.wav"), "--moshi-weight", str(model),
+                 "--mimi-weight", str(model / "mimi.safetensors"), "--tokenizer", str(next(model.glob("tok*.model"))),
+                 "--device", "cpu", "--quiet"])
+    _, err = capsys.readouterr()
+    assert_one_line_error(code, err, "speech-to-text model", "fullduplex transcribe")
+    assert not (tmp_path / "o.wav").exists()
