@@ -261,3 +261,17 @@ def test_stt_step_logits_equal_teacher_forced_logits(stt_pair):
     valid = forced.text_mask[0, 0]
     assert valid.sum() >= 20
     assert (stepped[:, d:T][:, valid] - forced.text_logits[:, 0][:, valid]).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("mode", ["int8"])
+def test_stt_quantized_keeps_biases_normed_embeddings_and_extra_heads_float(stt_pair, tmp_path, mode):
+    reference, ours = stt_pair
+    folder = released_folder(reference, STT, tmp_path / "model")
+    quantized = fd.load_lm(folder, quantize=mode)
+    assert quantized.text_linear.bias is not None and quantized.emb[0].norm is not None
+    assert isinstance(quantized.extra_heads[0], torch.nn.Linear)
+    assert type(quantized.transformer.layers[0].gating.linear_in) is not torch.nn.Linear  # the rest is quantized
+    tokens = torch.randint(0, STT.card, (1, STT.num_streams, 8))
+    with torch.no_grad():
+        want, got = ours.temporal(tokens)[1], quantized.temporal(tokens)[1]
+    assert (got - want).abs().max() < 0.1 * want.abs().max()
