@@ -36,6 +36,9 @@ the end so that the last words come out. Decoding is greedy (--temp-text 0): a f
 on the files batched with it.
 """
 
+DEMO_REFUSAL = ("transcribe needs a speech-to-text model (the bundled demo model speaks): give --model "
+                "kyutai/stt-1b-en_fr, a model folder, or --hf-repo / --moshi-weight")
+
 
 def register(subparsers: Any) -> None:
     """Add ``transcribe``."""
@@ -79,6 +82,8 @@ def apply_model_option(args: argparse.Namespace) -> None:
         args.mimi_weight = str(folder / (raw.get("mimi_name") or MIMI_NAME))
         args.tokenizer = str(folder / (raw.get("tokenizer_name") or TOKENIZER_NAME))
         return
+    if str(spec) == "demo":
+        raise FullduplexError(DEMO_REFUSAL)
     repo = str(spec).removeprefix("hf://").strip("/")
     if len(repo.split("/")) != 2 or not all(repo.split("/")):
         raise FullduplexError(f"--model {spec}: no such folder, and not a Hugging Face repo (OWNER/NAME)")
@@ -101,8 +106,7 @@ def transcribe_command(args: argparse.Namespace) -> int:
     if args.temp_text is None:  # greedy unless asked: batching must not change a transcript
         args.temp_text = 0.0
     if wants_demo(args):
-        raise FullduplexError("transcribe needs a speech-to-text model (the bundled demo model speaks): give --model "
-                              "kyutai/stt-1b-en_fr, a model folder, or --hf-repo / --moshi-weight")
+        raise FullduplexError(DEMO_REFUSAL)
     models = load_models(args)
     raw, source = model_config_json(args)
     check_stt_model(models.lm, str(models.lm_path))

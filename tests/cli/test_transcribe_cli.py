@@ -115,6 +115,8 @@ def test_errors_leave_nothing(tmp_path, capsys, model):
     assert_one_line_error(code, err, "not a speech-to-text model", "dep_q=8")
     code, _, err = cli(capsys, SPEECH, "--output", tmp_path / "out")  # the bundled demo model speaks: refused
     assert_one_line_error(code, err, "needs a speech-to-text model", "--model")
+    code, _, err = cli(capsys, SPEECH, "--output", tmp_path / "out", "--model", "demo")
+    assert_one_line_error(code, err, "needs a speech-to-text model")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
     code, _, err = cli(capsys, SPEECH, "--output", tmp_path / "o2", "--model", "nowhere-at-all")
     assert_one_line_error(code, err, "--model nowhere-at-all")
