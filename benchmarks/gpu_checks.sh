@@ -13,3 +13,5 @@ part 210 engine-step python benchmarks/engine_step.py --device cuda --config mos
 part 150 engine-idle-slots python benchmarks/engine_step.py --device cuda --config moshiko --dtype bfloat16 --threads 16 --steps 60 --sessions 4 --slots 4 64 --repeats 3
 part 300 server-io-workers python benchmarks/server_load.py --device cuda --config moshiko --dtype bfloat16 --threads 16 --clients 32 48 64 --realtime --seconds 8 --client-processes 8 --io-workers 4
 part 240 prepare-throughput python benchmarks/prepare_throughput.py --device cuda --threads 16 --conversations 128 --batch-sizes 1 16 64 --runs 2
+part 90 stt-gpu-tests python -m pytest -q -x -p no:cacheprovider tests/inference/test_stt_gpu.py
+part 300 stt-streams python benchmarks/stt_streams.py --device cuda --config stt-1b --dtype bfloat16 --threads 16 --batch-sizes 64 256 400 512 --runs 2 --steps 25 --engine

@@ -221,21 +221,32 @@ def infer_lm_config(shapes: Mapping[str, tuple[int, ...]], base: LMConfig | None
 
     text_rows, dim = shape("text_emb.weight")
     n_q, dep_q = _count(shapes, r"^emb\.(\d+)\.weight$"), _count(shapes, r"^linears\.(\d+)\.weight$")
-    depformer_dim = shape("linears.0.weight")[1]
+    depformer_dim = shape("linears.0.weight")[1] if dep_q else base.depformer_dim  # dep_q 0: speech to text
     hidden = shape("transformer.layers.0.gating.linear_in.weight")[0] // 2
-    depth_hidden = shape("depformer.layers.0.gating.0.linear_in.weight")[0] // 2
     text_out = shape("text_linear.weight")[0]
     values = dict(
         dim=dim, num_layers=_count(shapes, r"^transformer\.layers\.(\d+)\."), text_card=text_rows - 1,
         text_card_out=None if text_out == text_rows - 1 else text_out, n_q=n_q, dep_q=dep_q,
         card=shape("emb.0.weight")[0] - 1, depformer_dim=depformer_dim,
-        depformer_num_layers=_count(shapes, r"^depformer\.layers\.(\d+)\."),
+        norm_emb="emb.0.norm.weight" in shapes, bias_proj="text_linear.bias" in shapes,
+        extra_heads_num_heads=_count(shapes, r"^extra_heads\.(\d+)\.weight$"),
     )
+    if dep_q:
+        values["depformer_num_layers"] = _count(shapes, r"^depformer\.layers\.(\d+)\.")
+    if values["extra_heads_num_heads"]:
+        values["extra_heads_dim"] = shape("extra_heads.0.weight")[0]
+    attn = shapes.get("transformer.layers.0.self_attn.in_proj_weight") or shapes.get("transformer.layers.0.self_attn.in_projs.0.weight")
+    if attn is not None and attn[0] < 3 * dim and (attn[0] - dim) > 0 and dim % ((attn[0] - dim) // 2) == 0:
+        values["kv_repeat"] = dim // ((attn[0] - dim) // 2)  # grouped-query attention: fewer key/value rows
     if gating_hidden(dim, int(base.hidden_scale * dim)) != hidden:
         values["hidden_scale"] = 4.0 if hidden == 21 * dim // 8 else 3 * hidden / (2 * dim)
-    if gating_hidden(depformer_dim, base.depformer_feedforward) != depth_hidden:
-        values["depformer_dim_feedforward"] = 3 * depth_hidden // 2
-    if len(base.delays) != 1 + n_q:  # text, then each party's semantic codebook undelayed, acoustic ones 1 frame late
+    if dep_q:
+        depth_hidden = shape("depformer.layers.0.gating.0.linear_in.weight")[0] // 2
+        if gating_hidden(depformer_dim, base.depformer_feedforward) != depth_hidden:
+            values["depformer_dim_feedforward"] = 3 * depth_hidden // 2
+    if len(base.delays) != 1 + n_q and not dep_q:  # speech to text: the delays are not in the tensors
+        values["delays"] = (0,) * (1 + n_q)
+    elif len(base.delays) != 1 + n_q:  # text, then each party's semantic codebook undelayed, acoustic ones 1 frame late
         half = n_q // 2
         values["delays"] = (0,) + ((0,) + (1,) * (half - 1)) * 2
     try:
@@ -243,7 +254,8 @@ def infer_lm_config(shapes: Mapping[str, tuple[int, ...]], base: LMConfig | None
     except ValueError as e:
         raise CheckpointError(f"{source}: inferred architecture is invalid ({e}); pass its config (--config)") from None
     attn = shapes.get("depformer.layers.0.self_attn.in_proj_weight")
-    if attn is not None and attn[0] != dep_q * 3 * depformer_dim:
+    kv_dim = depformer_dim // config.kv_repeat
+    if attn is not None and attn[0] != dep_q * (depformer_dim + 2 * kv_dim):
         raise CheckpointError(
             f"{source}: depformer attention has {attn[0]} rows, expected {dep_q} steps x 3 x {depformer_dim}"
         )

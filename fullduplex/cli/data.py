@@ -98,7 +98,11 @@ def register(subparsers: Any) -> None:
         epilog=ANNOTATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ann.add_argument("input", metavar="AUDIO_DIR_OR_MANIFEST", help="folder of stereo audio files, or a .jsonl manifest")
-    ann.add_argument("--model", required=True, metavar="PATH", help="local faster-whisper (CTranslate2) model folder")
+    ann.add_argument("--model", required=True, metavar="PATH",
+                     help="faster-whisper: a local CTranslate2 model folder; kyutai-stt: a model folder or repo")
+    ann.add_argument("--engine", choices=("faster-whisper", "kyutai-stt"), default="faster-whisper",
+                     help="speech recognizer: faster-whisper, or a Kyutai STT model (kyutai/stt-1b-en_fr: English "
+                     "and French, language detected; fullduplex.data.stt_engine) (default: faster-whisper)")
     ann.add_argument("--output", "-o", required=True, metavar="DIR", help="folder for the alignments JSON files")
     ann.add_argument("--language", default="auto", metavar="CODE",
                      help="spoken language: hi, ja, en, ... or auto to detect it per channel (default: auto)")
@@ -207,7 +211,13 @@ def annotate_command(args: argparse.Namespace) -> int:
     local = local_device()
     if local is not None and args.device in ("auto", "cuda"):
         device, index = "cuda", local.index or 0
-    transcriber = FasterWhisper(args.model, device, args.compute_type, args.batch_size, index) if todo else None
+    transcriber = None
+    if todo and args.engine == "faster-whisper":
+        transcriber = FasterWhisper(args.model, device, args.compute_type, args.batch_size, index)
+    elif todo and args.engine == "kyutai-stt":
+        from ..data.stt_engine import KyutaiStt
+
+        transcriber = KyutaiStt.load(args.model, f"cuda:{index}" if device == "cuda" else device)
     language = None if args.language == "auto" else args.language
     report = annotate(tasks, transcriber, language, args.quiet)
     if part is None or part.index == 0:  # the manifest's bad lines: reported by one part only

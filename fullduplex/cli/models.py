@@ -249,6 +249,9 @@ def load_models(args: argparse.Namespace) -> Models:
     mimi_path = resolve_mimi(args.mimi_weight, args.hf_repo)
     mimi_config = mimi_config_from_arg(args.mimi_config) or mimi_config_of(raw, source, args.hf_repo)
     mimi = load_mimi(mimi_path, device=device, num_codebooks=None, config=mimi_config)
+    cfg = lm.config
+    if (tokenizer.pad_id, tokenizer.epad_id) != (cfg.text_pad_id, cfg.text_epad_id):  # the model's own ids
+        tokenizer = TextTokenizer(tokenizer.processor, cfg.text_pad_id, cfg.text_epad_id, path=tokenizer.path)
     check_models(mimi, lm, tokenizer, str(lm_path))
     configure_kv(lm, args)
     return Models(mimi, lm, tokenizer, lm_path, mimi_path, sampling)

@@ -12,6 +12,9 @@ the model's audio and its text token::
         for frame in session.pop_outputs(): ... # FrameOutput: pcm [1920], text token (or None), tokens
         engine.close(session)
 
+A speech-to-text model (``dep_q = 0``, Kyutai STT) runs the same way: its sessions get the text token and
+silent ``pcm`` (the server sends them no audio).
+
 A session sees exactly what ``fullduplex generate`` computes for the same audio (greedy; with sampling the draws
 depend on which sessions share the steps): its row starts fresh when it joins, the first frame it sends is never
 seen by the model, and its first output frame is silence.
@@ -341,10 +344,13 @@ class Engine:
         first = torch.tensor([r and s.frames == v for r, s, v in zip(ready, rows, valid_from, strict=True)] + pad)
         pcm = None
         if out is not None and any(ready):
-            if bool(first.any()):
-                for part in (self.mimi.upsample, self.mimi.decoder_transformer, self.mimi.decoder):
-                    part.reset(first.to(self.device))
-            pcm = self.mimi.decode(out[:, 1:].clamp(min=0))[:, 0].float().cpu()  # [size, 1920]
+            if not self.lm.config.own_q:  # speech to text: the model writes, it does not speak
+                pcm = torch.zeros(size, self.mimi.frame_size)
+            else:
+                if bool(first.any()):
+                    for part in (self.mimi.upsample, self.mimi.decoder_transformer, self.mimi.decoder):
+                        part.reset(first.to(self.device))
+                pcm = self.mimi.decode(out[:, 1:].clamp(min=0))[:, 0].float().cpu()  # [size, 1920]
             out = out[:, :, 0].cpu()  # [size, 1 + own_q]
         silence = torch.zeros(self.mimi.frame_size)
         missing = torch.full((1 + self.lm.config.own_q,), -2, dtype=torch.long)

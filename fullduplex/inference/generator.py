@@ -23,6 +23,11 @@ Temporal Transformer's input (the summed stream embeddings) of chosen items (rel
 these). Everything stays on the device: no host sync, and CUDA graphs still apply. With ``dep_q > own_q``
 (PersonaPlex) the Depth Transformer samples all dep_q codebooks, the user's included; the output holds the text
 and the model's own ``own_q`` codebooks.
+
+Speech-to-text (``dep_q = 0``, Kyutai STT): there is no Depth Transformer; all n_q audio streams are the user's
+and each step returns the text token only ([B, 1, 1]). :meth:`Generator.step_with_extra_heads` also returns the
+extra heads' probabilities for the step (the STT 1B's voice-activity head), as the reference's
+``LMGen.step_with_extra_heads``.
 """
 
 from __future__ import annotations
@@ -44,7 +49,8 @@ class GeneratorState(StreamingState):
     offsets: torch.Tensor  # [B] frames stepped, per item
     steps: int  # frames stepped since the streaming block began (host side, for the first-output rule)
     depth_cache: torch.Tensor  # [L, 2, B, H, dep_q, d] keys/values of the Depth Transformer, per frame
-    graphs: dict = field(default_factory=dict)  # on CUDA: the temporal and depth steps as CUDA graphs, by batch
+    graphs: dict = field(default_factory=dict)
+    hidden: torch.Tensor | None = None  # [B, 1, dim] the last step's Temporal output (for the extra heads)  # on CUDA: the temporal and depth steps as CUDA graphs, by batch
     # The depth cache is scratch within a frame (each frame writes its slots before reading them): an item's
     # state is its token ring, flags and offset.
     item_tensors = ("cache", "given", "offsets")
@@ -105,7 +111,10 @@ class Generator(StreamingModule):
             self._rng = torch.Generator(device=device).manual_seed(self.seed)
         cache = torch.full((batch_size, cfg.num_streams, cfg.max_delay + 2), UNGENERATED_TOKEN, dtype=torch.long, device=device)
         offsets = torch.zeros(batch_size, dtype=torch.long, device=device)
-        depth_cache = self.lm.depformer.new_cache(batch_size, device, dtype)
+        if self.lm.depformer is not None:
+            depth_cache = self.lm.depformer.new_cache(batch_size, device, dtype)
+        else:  # speech-to-text: no Depth Transformer
+            depth_cache = torch.zeros(0, 2, batch_size, 0, 0, 0, device=device, dtype=dtype)
         given = torch.zeros(cache.shape, dtype=torch.bool, device=device)
         return GeneratorState(batch_size, cache, given, offsets, 0, depth_cache)
 
@@ -164,7 +173,11 @@ class Generator(StreamingModule):
         next_tokens = cache[:, : 1 + cfg.dep_q].gather(2, ahead)[..., 0]  # [B, 1 + dep_q]
         next_given = given[:, : 1 + cfg.dep_q].gather(2, ahead)[..., 0]
         text = torch.where(next_given[:, 0], next_tokens[:, 0], text)
-        audio = self._graphed("depth", self._depth)(text, hidden, next_tokens[:, 1:], next_given[:, 1:])  # [B, dep_q]
+        state.hidden = hidden
+        if cfg.dep_q:
+            audio = self._graphed("depth", self._depth)(text, hidden, next_tokens[:, 1:], next_given[:, 1:])  # [B, dep_q]
+        else:
+            audio = next_tokens[:, 1:]  # [B, 0]
 
         offsets.add_(1)
         state.steps += 1
@@ -178,6 +191,17 @@ class Generator(StreamingModule):
         out = cache[:, :own].gather(2, back[..., None])
         too_early = (offsets <= cfg.max_delay)[:, None, None]
         return torch.where(too_early, torch.full_like(out, UNGENERATED_TOKEN), out)
+
+    @torch.no_grad()
+    def step_with_extra_heads(self, user_codes: torch.Tensor, **kwargs) -> tuple[torch.Tensor, list[torch.Tensor]] | None:
+        """:meth:`step`, and with its tokens the softmax of each of the LM's extra heads on this step's Temporal
+        output: a list of ``extra_heads_num_heads`` tensors [B, 1, extra_heads_dim] (None while :meth:`step`
+        returns None). Note the heads belong to the frame stepped now, the tokens to ``max_delay`` frames back,
+        as in the reference."""
+        out = self.step(user_codes, **kwargs)
+        if out is None:
+            return None
+        return out, self.lm.extra_head_probs(self._streaming_state.hidden)
 
     def _temporal_embedded(self, tokens: torch.Tensor, embeddings: torch.Tensor, use: torch.Tensor):
         """The Temporal step with the input embeddings of items where ``use`` [B, 1, 1] replaced by ``embeddings``."""

@@ -135,6 +135,9 @@ def generate(
     Call :func:`check_models` first. Returns one result per input, in order."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if lm.config.dep_q == 0:
+        raise CheckpointError("this is a speech-to-text model (dep_q 0): it writes text and does not speak; "
+                              "use `fullduplex transcribe`")
     sampling = sampling or Sampling()
     gen = Generator(lm, sampling.temp, sampling.temp_text, sampling.top_k, sampling.top_k_text, sampling.seed)
     results: list[GenerationResult] = []

@@ -15,10 +15,10 @@ _NOT_ARCHITECTURE = {
 }
 # Options of moshi's LMModel that this implementation does not support: refused unless at their default.
 _UNSUPPORTED_DEFAULTS: dict[str, Any] = {
-    "conditioners": {}, "fuser": {}, "cross_attention": False, "quantize": False, "kv_repeat": 1,
+    "conditioners": {}, "fuser": {}, "cross_attention": False, "quantize": False,
     "demux_second_stream": False, "demux_second_text_stream": False, "depformer_low_rank_embeddings": None,
-    "depformer_weights_per_step_schedule": None, "depformer_norm": None, "extra_heads_num_heads": 0,
-    "norm_emb": False, "bias_proj": False, "layer_scale": None, "depformer_layer_scale": None,
+    "depformer_weights_per_step_schedule": None, "depformer_norm": None,
+    "layer_scale": None, "depformer_layer_scale": None,
     "gating": "silu", "depformer_gating": "silu", "norm": "rms_norm_f32", "positional_embedding": "rope",
     "depformer_pos_emb": "none", "depformer_multi_linear": True, "depformer_weights_per_step": True,
 }
@@ -46,6 +46,12 @@ class LMConfig:
     depformer_num_heads: int = 16
     depformer_num_layers: int = 6
     delays: tuple[int, ...] = (0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1)
+    # Options of the newer models (Kyutai STT, TTS, Hibiki). dep_q = 0 (STT): no Depth Transformer, text out only.
+    kv_repeat: int = 1  # grouped-query attention: keys/values have num_heads // kv_repeat heads (both transformers)
+    norm_emb: bool = False  # a LayerNorm after every token embedding (``emb.{k}.norm``, ...)
+    bias_proj: bool = False  # biases on the output heads (``text_linear``, ``linears.{k}``)
+    extra_heads_num_heads: int = 0  # small heads on the Temporal output (STT 1B: a voice-activity head)
+    extra_heads_dim: int = 6
 
     def __post_init__(self) -> None:
         if len(self.delays) != 1 + self.n_q:
@@ -56,6 +62,11 @@ class LMConfig:
             raise ValueError(f"dep_q ({self.dep_q}) > n_q / 2 needs an even n_q (half the model's, half the user's), got {self.n_q}")
         if self.dim % self.num_heads or self.depformer_dim % self.depformer_num_heads:
             raise ValueError("dim and depformer_dim must be divisible by their number of heads")
+        if self.kv_repeat < 1 or self.num_heads % self.kv_repeat or (self.dep_q and self.depformer_num_heads % self.kv_repeat):
+            raise ValueError(f"kv_repeat ({self.kv_repeat}) must divide num_heads ({self.num_heads}) and "
+                             f"depformer_num_heads ({self.depformer_num_heads})")
+        if self.dep_q < 0 or self.extra_heads_num_heads < 0:
+            raise ValueError("dep_q and extra_heads_num_heads cannot be negative")
 
     # --- derived ------------------------------------------------------------------------------------------
     @property

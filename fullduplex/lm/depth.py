@@ -2,7 +2,8 @@
 
 Step k (0 .. dep_q - 1) has its own attention projections and feed-forward weights ("weights per step"); the
 norms are shared. Steps attend causally to the earlier steps of the same frame only: no positional embedding,
-and the cache starts empty each frame.
+and the cache starts empty each frame. With ``kv_repeat`` > 1 (grouped-query attention, as the reference applies
+it to the Depth Transformer too) keys and values have ``num_heads // kv_repeat`` heads.
 """
 
 from __future__ import annotations
@@ -16,15 +17,16 @@ from ..nn.transformer import GatedFFN
 
 
 class StepProjections(nn.Module):
-    """The attention projections of one layer, one matrix per step: ``in_proj`` [S, 3D, D], ``out_proj`` [S, D, D].
+    """The attention projections of one layer, one matrix per step: ``in_proj`` [S, 3D, D] (D + 2 Dkv rows with
+    grouped-query attention), ``out_proj`` [S, D, D].
 
     A quantized model swaps this module for one with the same four methods
     (:class:`~fullduplex.lm.quantize.QuantStepProjections`).
     """
 
-    def __init__(self, dim: int, steps: int) -> None:
+    def __init__(self, dim: int, steps: int, kv_dim: int | None = None) -> None:
         super().__init__()
-        self.in_proj = nn.Parameter(torch.empty(steps, 3 * dim, dim))
+        self.in_proj = nn.Parameter(torch.empty(steps, dim + 2 * (dim if kv_dim is None else kv_dim), dim))
         self.out_proj = nn.Parameter(torch.empty(steps, dim, dim))
 
     def project_in(self, x: torch.Tensor) -> torch.Tensor:
@@ -47,11 +49,12 @@ class StepProjections(nn.Module):
 class DepthLayer(nn.Module):
     """One layer; ``self_attn.in_proj`` [S, 3D, D] and ``self_attn.out_proj`` [S, D, D] hold one matrix per step."""
 
-    def __init__(self, dim: int, num_heads: int, dim_feedforward: int, steps: int) -> None:
+    def __init__(self, dim: int, num_heads: int, dim_feedforward: int, steps: int, kv_repeat: int = 1) -> None:
         super().__init__()
         self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.kv_repeat, self.kv_heads = kv_repeat, num_heads // kv_repeat
         self.norm1 = RMSNorm(dim)
-        self.self_attn = StepProjections(dim, steps)
+        self.self_attn = StepProjections(dim, steps, self.kv_heads * self.head_dim)
         self.norm2 = RMSNorm(dim)
         self.gating = nn.ModuleList(GatedFFN(dim, dim_feedforward) for _ in range(steps))
         for weight in (self.self_attn.in_proj, self.self_attn.out_proj):  # after gating: the same random draws as before
@@ -61,33 +64,49 @@ class DepthLayer(nn.Module):
         """All steps at once (teacher forcing): ``x`` [N, S, D] → [N, S, D]."""
         N, S, D = x.shape
         h = self.norm1(x)
-        qkv = self.self_attn.project_in(h)  # [N, S, 3D]
-        q, k, v = qkv.view(N, S, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [N, H, S, d]
+        q, k, v = self._split(self.self_attn.project_in(h))  # [N, H, S, d], [N, Hkv, S, d] x 2
+        k, v = self._repeat(k), self._repeat(v)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(N, S, D)
         x = x + self.self_attn.project_out(out)
         h = self.norm2(x)
         return x + torch.stack([self.gating[s](h[:, s]) for s in range(S)], dim=1)
 
+    def _split(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Projected [N, S, D + 2 Dkv] → q [N, H, S, d], k and v [N, Hkv, S, d]."""
+        N, S, _ = qkv.shape
+        if self.kv_repeat == 1:
+            return tuple(qkv.view(N, S, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4))
+        D = self.num_heads * self.head_dim
+        q = qkv[..., :D].view(N, S, self.num_heads, self.head_dim).transpose(1, 2)
+        k, v = qkv[..., D:].view(N, S, 2, self.kv_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return q, k, v
+
+    def _repeat(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, Hkv, S, d] → [N, H, S, d]: query head h reads key/value head h // kv_repeat."""
+        return x if self.kv_repeat == 1 else x.repeat_interleave(self.kv_repeat, 1)
+
     def step(self, x: torch.Tensor, k: int, cache: torch.Tensor) -> torch.Tensor:
-        """Step ``k`` of a frame: ``x`` [B, 1, D]; ``cache`` [2, B, H, S, d] holds this frame's earlier keys and
+        """Step ``k`` of a frame: ``x`` [B, 1, D]; ``cache`` [2, B, Hkv, S, d] holds this frame's earlier keys and
         values and receives step k's."""
         B, _, D = x.shape
-        qkv = self.self_attn.step_in(self.norm1(x), k)
-        q, key, value = qkv.view(B, 1, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [B, H, 1, d]
+        q, key, value = self._split(self.self_attn.step_in(self.norm1(x), k))  # [B, H, 1, d], [B, Hkv, 1, d] x 2
         cache[0, :, :, k : k + 1] = key
         cache[1, :, :, k : k + 1] = value
         # All S slots with a mask (not the first k + 1): the reference's shapes, hence its GPU kernels and rounding.
         visible = (torch.arange(cache.shape[3], device=x.device) <= k).view(1, 1, 1, -1)
-        out = F.scaled_dot_product_attention(q, cache[0], cache[1], attn_mask=visible)
+        out = F.scaled_dot_product_attention(q, self._repeat(cache[0]), self._repeat(cache[1]), attn_mask=visible)
         x = x + self.self_attn.step_out(out.transpose(1, 2).reshape(B, 1, D), k)
         return x + self.gating[k](self.norm2(x))
 
 
 class DepthTransformer(nn.Module):
-    def __init__(self, dim: int, num_heads: int, num_layers: int, dim_feedforward: int, steps: int) -> None:
+    def __init__(self, dim: int, num_heads: int, num_layers: int, dim_feedforward: int, steps: int,
+                 kv_repeat: int = 1) -> None:
         super().__init__()
         self.steps = steps
-        self.layers = nn.ModuleList(DepthLayer(dim, num_heads, dim_feedforward, steps) for _ in range(num_layers))
+        self.layers = nn.ModuleList(
+            DepthLayer(dim, num_heads, dim_feedforward, steps, kv_repeat) for _ in range(num_layers)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[N, S, D] → [N, S, D], all steps of N frames at once."""
@@ -96,9 +115,9 @@ class DepthTransformer(nn.Module):
         return x
 
     def new_cache(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """An empty per-frame cache [L, 2, B, H, S, d]."""
+        """An empty per-frame cache [L, 2, B, Hkv, S, d]."""
         first = self.layers[0]
-        return torch.zeros(len(self.layers), 2, batch_size, first.num_heads, self.steps, first.head_dim, device=device, dtype=dtype)
+        return torch.zeros(len(self.layers), 2, batch_size, first.kv_heads, self.steps, first.head_dim, device=device, dtype=dtype)
 
     def step(self, x: torch.Tensor, k: int, cache: torch.Tensor) -> torch.Tensor:
         """Step ``k`` of the current frame: [B, 1, D] → [B, 1, D]."""

@@ -23,10 +23,17 @@ UNGENERATED_TOKEN = -2  # generator placeholder: this value is to be sampled
 
 
 class TokenEmbedding(nn.Embedding):
-    """``nn.Embedding`` that maps :data:`ZERO_TOKEN` (-1) to an exact zero vector."""
+    """``nn.Embedding`` that maps :data:`ZERO_TOKEN` (-1) to an exact zero vector; ``norm``: a LayerNorm (eps 1e-5)
+    on the looked-up vectors (``norm_emb``), before the zeroing."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, norm: bool = False) -> None:
+        super().__init__(num_embeddings, embedding_dim)
+        self.norm = nn.LayerNorm(embedding_dim, eps=1e-5) if norm else None
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         out = super().forward(tokens.clamp(min=0))
+        if self.norm is not None:
+            out = self.norm(out)
         return torch.where((tokens == ZERO_TOKEN)[..., None], torch.zeros((), dtype=out.dtype, device=out.device), out)
 
 
@@ -72,22 +79,32 @@ class LMModel(nn.Module):
     def __init__(self, config: LMConfig | None = None) -> None:
         super().__init__()
         self.config = cfg = config or LMConfig()
-        self.emb = nn.ModuleList(TokenEmbedding(cfg.card + 1, cfg.dim) for _ in range(cfg.n_q))
-        self.text_emb = TokenEmbedding(cfg.text_card + 1, cfg.dim)
+        norm = cfg.norm_emb
+        self.emb = nn.ModuleList(TokenEmbedding(cfg.card + 1, cfg.dim, norm) for _ in range(cfg.n_q))
+        self.text_emb = TokenEmbedding(cfg.text_card + 1, cfg.dim, norm)
         self.transformer = StreamingTransformer(
             cfg.dim, cfg.num_heads, cfg.num_layers, cfg.dim_feedforward, cfg.context, cfg.max_period,
-            layer_scale=None, norm="rms_norm_f32", ffn="silu_gating",
+            layer_scale=None, norm="rms_norm_f32", ffn="silu_gating", kv_repeat=cfg.kv_repeat,
         )
         self.transformer.configure_kv("paged")  # a session holds KV pages only for the frames it has had
         self.out_norm = RMSNorm(cfg.dim)
-        self.text_linear = nn.Linear(cfg.dim, cfg.text_vocab_out, bias=False)
+        self.text_linear = nn.Linear(cfg.dim, cfg.text_vocab_out, bias=cfg.bias_proj)
         self.depformer_in = nn.ModuleList(nn.Linear(cfg.dim, cfg.depformer_dim, bias=False) for _ in range(cfg.dep_q))
-        self.depformer_emb = nn.ModuleList(TokenEmbedding(cfg.card + 1, cfg.depformer_dim) for _ in range(cfg.dep_q - 1))
-        self.depformer_text_emb = TokenEmbedding(cfg.text_card + 1, cfg.depformer_dim)
-        self.depformer = DepthTransformer(
-            cfg.depformer_dim, cfg.depformer_num_heads, cfg.depformer_num_layers, cfg.depformer_feedforward, cfg.dep_q
+        self.depformer_emb = nn.ModuleList(
+            TokenEmbedding(cfg.card + 1, cfg.depformer_dim, norm) for _ in range(cfg.dep_q - 1)
         )
-        self.linears = nn.ModuleList(nn.Linear(cfg.depformer_dim, cfg.card, bias=False) for _ in range(cfg.dep_q))
+        # dep_q = 0 (speech-to-text): no Depth Transformer at all, as in the released STT checkpoints.
+        self.depformer_text_emb = TokenEmbedding(cfg.text_card + 1, cfg.depformer_dim, norm) if cfg.dep_q else None
+        self.depformer = DepthTransformer(
+            cfg.depformer_dim, cfg.depformer_num_heads, cfg.depformer_num_layers, cfg.depformer_feedforward, cfg.dep_q,
+            cfg.kv_repeat,
+        ) if cfg.dep_q else None
+        self.linears = nn.ModuleList(
+            nn.Linear(cfg.depformer_dim, cfg.card, bias=cfg.bias_proj) for _ in range(cfg.dep_q)
+        )
+        self.extra_heads = nn.ModuleList(
+            nn.Linear(cfg.dim, cfg.extra_heads_dim, bias=False) for _ in range(cfg.extra_heads_num_heads)
+        )
 
     # --- pieces shared by training and generation ---------------------------------------------------------
     def initial_tokens(self, device: torch.device | None = None) -> torch.Tensor:
@@ -115,6 +132,11 @@ class LMModel(nn.Module):
         hidden = self.out_norm(self.transformer(x))
         return hidden, self.text_linear(hidden)
 
+    def extra_head_probs(self, hidden: torch.Tensor) -> list[torch.Tensor]:
+        """Softmax of each extra head on the Temporal output ``hidden`` [B, T, dim] (after ``out_norm``):
+        ``extra_heads_num_heads`` tensors [B, T, extra_heads_dim] (the STT 1B's voice-activity head)."""
+        return [torch.softmax(head(hidden), dim=-1) for head in self.extra_heads]
+
     def depth_input(self, k: int, hidden: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
         """Input of depth step k: ``depformer_in[k](hidden)`` plus the embedding of the previous token of the
         frame (the text token for k = 0, else audio codebook k - 1). hidden [..., dim], previous [...]."""
@@ -133,9 +155,12 @@ class LMModel(nn.Module):
         delayed = torch.cat([initial.view(1, K, 1).expand(B, K, 1), delayed], dim=2)  # [B, K, T + 1]
         hidden, text_logits = self.temporal(delayed[..., :-1])  # predicts delayed[..., 1:]
         targets = delayed[..., 1:]
-        steps = [self.depth_input(k, hidden, targets[:, k]) for k in range(cfg.dep_q)]  # previous: text, cb0, ...
-        depth = self.depformer(torch.stack(steps, dim=2).view(B * T, cfg.dep_q, -1)).view(B, T, cfg.dep_q, -1)
-        audio_logits = torch.stack([self.linears[k](depth[:, :, k]) for k in range(cfg.dep_q)], dim=1)
+        if cfg.dep_q:
+            steps = [self.depth_input(k, hidden, targets[:, k]) for k in range(cfg.dep_q)]  # previous: text, cb0, ...
+            depth = self.depformer(torch.stack(steps, dim=2).view(B * T, cfg.dep_q, -1)).view(B, T, cfg.dep_q, -1)
+            audio_logits = torch.stack([self.linears[k](depth[:, :, k]) for k in range(cfg.dep_q)], dim=1)
+        else:  # speech-to-text: text logits only
+            audio_logits = hidden.new_zeros(B, 0, T, cfg.card)
         audio_logits, audio_mask = undelay_streams(audio_logits, cfg.delays[1 : 1 + cfg.dep_q])
         text_logits, text_mask = undelay_streams(text_logits[:, None], cfg.delays[:1])
         audio_mask &= codes[:, 1 : 1 + cfg.dep_q] != ZERO_TOKEN

@@ -171,10 +171,13 @@ def targets(lm: LMModel) -> dict[str, str]:
     """Module name → "linear" | "embedding" | "steps" for every module that quantization replaces."""
     found = {}
     for name, module in lm.named_modules():
+        # Output heads with a bias (bias_proj), normed embeddings (norm_emb) and the small extra heads stay float.
         if isinstance(module, nn.Linear):
-            found[name] = "linear"
+            if module.bias is None and not name.startswith("extra_heads."):
+                found[name] = "linear"
         elif isinstance(module, TokenEmbedding):
-            found[name] = "embedding"
+            if module.norm is None:
+                found[name] = "embedding"
         elif isinstance(module, StepProjections):
             found[name] = "steps"
     return found

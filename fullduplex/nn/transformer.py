@@ -68,10 +68,11 @@ class TransformerLayer(nn.Module):
         layer_scale: float | None,
         norm: str = "layer_norm",
         ffn: str = "gelu",
+        kv_repeat: int = 1,
     ) -> None:
         super().__init__()
         self.norm1 = make_norm(norm, dim)
-        self.self_attn = StreamingSelfAttention(dim, num_heads, context)
+        self.self_attn = StreamingSelfAttention(dim, num_heads, context, kv_repeat=kv_repeat)
         self.norm2 = make_norm(norm, dim)
         if ffn == "gelu":
             self.linear1 = nn.Linear(dim, dim_feedforward, bias=False)
@@ -171,15 +172,18 @@ class StreamingTransformer(StreamingModule):
         norm: str = "layer_norm",
         ffn: str = "gelu",
         conv_layout: bool = False,
+        kv_repeat: int = 1,
     ) -> None:
         super().__init__()
         self.conv_layout = conv_layout
         self.context = context
         self.layers = nn.ModuleList(
-            TransformerLayer(dim, num_heads, dim_feedforward, context, layer_scale, norm, ffn) for _ in range(num_layers)
+            TransformerLayer(dim, num_heads, dim_feedforward, context, layer_scale, norm, ffn, kv_repeat)
+            for _ in range(num_layers)
         )
         self.head_dim = dim // num_heads
         self.num_heads = num_heads
+        self.kv_heads = num_heads // kv_repeat  # heads of the keys and values (grouped-query attention)
         self.max_period = max_period
         self.kv_layout = "ring"
         # True: moshi's window (see `forward`), for the drop-in `python -m fullduplex.run_inference`.
@@ -225,7 +229,7 @@ class StreamingTransformer(StreamingModule):
             raise ValueError("a streaming transformer needs a finite context")
         if self.kv_layout == "paged":
             return PagedKV.create(
-                batch_size, len(self.layers), self.num_heads, self.head_dim, self.context, device, dtype,
+                batch_size, len(self.layers), self.kv_heads, self.head_dim, self.context, device, dtype,
                 self.kv_page_size, self.kv_pages, parse_kv_dtype(self.kv_dtype),
             )
         index = KVIndex(

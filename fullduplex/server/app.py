@@ -130,7 +130,10 @@ def new_model_thread() -> ThreadPoolExecutor:
 
 class Server:
     """Holds the engine (or an :class:`EnginePool` of several), the stepping tasks and the per-session senders;
-    :meth:`app` builds the aiohttp app."""
+    :meth:`app` builds the aiohttp app. A speech-to-text model's sessions (``speaks`` False) get Text messages
+    and no Audio."""
+
+    speaks = True
 
     def __init__(
         self,
@@ -142,6 +145,7 @@ class Server:
     ) -> None:
         self.tokenizer, self.config = tokenizer, config or ServerConfig()
         self.personas = personas
+        self.speaks = engine.engines[0].lm.config.own_q > 0 if isinstance(engine, EnginePool) else engine.lm.config.own_q > 0
         # All model work belongs on one thread: torch's OpenMP keeps a thread team per calling thread, and once two
         # teams exist on 2 cores an engine step took 95 ms instead of 63 (measured). Load the models with
         # `model_thread.submit(...)` too, then hand it here (see `fullduplex serve`). A pool brings its own threads.
@@ -464,7 +468,7 @@ class Server:
             await ready.wait()
             ready.clear()
             for out in session.pop_outputs():
-                ogg = encoder.encode(out.pcm.numpy())
+                ogg = encoder.encode(out.pcm.numpy()) if self.speaks else b""  # speech to text: Text messages only
                 if ogg:
                     await ws.send_bytes(protocol.audio(ogg))
                 if out.text is not None and self.tokenizer.is_text(out.text):

@@ -178,6 +178,7 @@ class WorkerServer(Server):
     def __init__(self, config: ServerConfig, index: int, channel: SlotChannel, control: Any, wake: Any, nudge: Any,
                  pieces: PieceTable, stats: dict, personas: bool) -> None:
         self.pool, self.tokenizer, self.config = RemotePool(stats), pieces, config
+        self.speaks = stats.get("speaks", True)  # False: a speech-to-text model (no Audio messages)
         self.personas = True if personas else None  # only checked for None: requests go to the model process
         self.worker_index, self.channel, self.control, self.wake, self.nudge = index, channel, control, wake, nudge
         self._input = asyncio.Event()
@@ -427,7 +428,7 @@ class Hub:
         server, pool = self.server, self.server.pool
         counters = {k: sum(w.counters[k] for w in self.workers) for k in ("refused", "errors", "paced")}
         return {
-            "healthy": server.healthy, "behind": server.behind, "counters": counters,
+            "healthy": server.healthy, "behind": server.behind, "counters": counters, "speaks": server.speaks,
             "persona_cache": list(pool.persona_cache()),
             "lanes": [{"device": lane.device, "behind": lane.behind, "active": lane.engine.active,
                        "max_sessions": lane.engine.max_sessions, "steps": lane.engine.steps,
