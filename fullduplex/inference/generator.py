@@ -201,7 +201,7 @@ class Generator(StreamingModule):
         previous, out = text[:, None], []
         for k in range(self.config.dep_q):
             x = lm.depformer.step(lm.depth_input(k, hidden, previous), k, cache)
-            token = sample_token(lm.linears[k](x)[:, 0], self.temp, self.top_k, self._rng)  # [B]
+            token = sample_token(lm.depth_logits(k, x)[:, 0], self.temp, self.top_k, self._rng)  # [B]
             out.append(token)
             previous = torch.where(given[:, k], given_tokens[:, k], token)[:, None]
         return torch.stack(out, dim=1)
