@@ -29,7 +29,7 @@ from ..errors import FullduplexError
 COMMANDS: tuple[str, ...] = (
     "fullduplex.cli.codec", "fullduplex.cli.generate", "fullduplex.cli.serve", "fullduplex.cli.client",
     "fullduplex.cli.tokenizer", "fullduplex.cli.adapt", "fullduplex.cli.data", "fullduplex.cli.train",
-    "fullduplex.cli.eval", "fullduplex.cli.convert", "fullduplex.cli.voice",
+    "fullduplex.cli.eval", "fullduplex.cli.convert", "fullduplex.cli.voice", "fullduplex.cli.translate",
 )
 
 EXIT_ERROR = 2
