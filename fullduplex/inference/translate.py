@@ -59,6 +59,11 @@ def check_hibiki(lm: LMModel, source: str) -> None:
         )
 
 
+def hibiki_conditions(cfg_coef: float = 1.0) -> tuple[dict, dict | None]:
+    """(conditions, null conditions) of a Hibiki item: "very_good", and "very_bad" under guidance."""
+    return {"description": GOOD}, ({"description": BAD} if cfg_coef != 1.0 else None)
+
+
 def translate(
     wavs: Sequence[torch.Tensor], mimi: Mimi, lm: LMModel, tokenizer: TextTokenizer, sampling: Sampling | None = None,
     cfg_coef: float = 1.0, batch_size: int = 8, tail: float = 10.0, progress: Callable[[int], None] | None = None,
@@ -99,7 +104,7 @@ def _translate_batch(
     alive: list[torch.Tensor] = []  # [B] bool per output step: the item had not finished before it
     with torch.inference_mode(), mimi.streaming(B), gen.streaming(B):
         for b in range(B):
-            gen.set_conditions(b, {"description": GOOD}, {"description": BAD} if gen.cfg else None)
+            gen.set_conditions(b, *hibiki_conditions(gen.cfg_coef))
         for t in range(budget):
             chunk = source[..., t * frame : (t + 1) * frame].to(device, weight.dtype)
             codes = mimi.encode(chunk)  # [B, K, 1]

@@ -101,3 +101,43 @@ def test_translate_command(models, tmp_path, capsys):
     assert_one_line_error(2, capsys.readouterr().err, "already exists", "--overwrite")
     code = main(["translate", str(src), "--output", str(out)])  # no checkpoint: the demo is no Hibiki
     assert_one_line_error(code, capsys.readouterr().err, "Hibiki checkpoint", "--hf-repo")
+
+
+@pytest.mark.parametrize("cfg_coef", [1.0, 2.0])
+def test_engine_serves_hibiki_sessions_independently(models, cfg_coef):
+    """A Hibiki session in the batched engine (conditions set per row, two LM rows per session under guidance)
+    gives the same tokens alone and beside another session that joins earlier and leaves midway."""
+    from fullduplex.inference.engine import Engine
+
+    audio = speech(1.2)[0, 0]
+    other = speech(0.7)[0, 0] * 0.3
+
+    def run(with_other: bool) -> list[torch.Tensor]:
+        with Engine(models["mimi"], models["lm"], GREEDY, max_sessions=2, cfg_coef=cfg_coef) as engine:
+            second = engine.open() if with_other else None
+            if second is not None:
+                second.push(other)
+                for _ in range(3):
+                    engine.step()
+            first = engine.open()
+            first.push(audio)
+            out = []
+            for t in range(audio.shape[0] // 1920):
+                engine.step()
+                if second is not None and t == 5:
+                    engine.close(second)
+                out += [o.tokens for o in first.pop_outputs()]
+            return out
+
+    alone, together = run(False), run(True)
+    assert len(alone) == len(together) == 15
+    for a, b in zip(alone, together, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_engine_refuses_guidance_without_conditions(models):
+    from fullduplex.errors import FullduplexError
+    from fullduplex.inference.engine import Engine
+
+    with pytest.raises(FullduplexError, match="no conditioning"):
+        Engine(models["mimi"], fd.LMModel(lm_preset("tiny")), GREEDY, cfg_coef=2.0)
