@@ -231,13 +231,18 @@ class Generator(StreamingModule):
         embeddings: torch.Tensor | None = None,
         embeddings_mask: torch.Tensor | None = None,
         text_hook: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        audio_hook: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        run_depth: bool = True,
     ) -> torch.Tensor | None:
         """``user_codes`` [B, >= user_q, 1] (extra codebooks are ignored) → None while the acoustic delay
         has not passed (the first call), then [B, 1 + own_q, 1]: the model's text token and audio codes for
         the frame ``max_delay`` steps back. Items stepped fewer than ``max_delay + 1`` times since their last
         reset hold :data:`~fullduplex.lm.model.UNGENERATED_TOKEN` (-2). ``force`` / ``force_mask`` [B, K, 1] and
         ``embeddings`` [B, 1, dim] / ``embeddings_mask`` [B]: see the module docstring. ``text_hook``: text
-        tokens [B] → the tokens the Depth Transformer and the next frames read (host work: the TTS runtime)."""
+        tokens [B] → the tokens the Depth Transformer and the next frames read (host work: the TTS runtime);
+        ``audio_hook``: the sampled audio codes [B, dep_q] → what the next frames read (the Depth Transformer's
+        own inputs stay its samples); ``run_depth`` False: no Depth Transformer, every audio code
+        :data:`~fullduplex.lm.model.ZERO_TOKEN` (frames before a TTS model's audio starts)."""
         state = self._streaming_state
         if state is None:
             raise RuntimeError("Generator.step needs `with generator.streaming(batch_size):`")
@@ -295,7 +300,12 @@ class Generator(StreamingModule):
         text = torch.where(next_given[:, 0], next_tokens[:, 0], text)
         if text_hook is not None:
             text = text_hook(text)
-        audio = self._graphed("depth", self._depth)(text, hidden, next_tokens[:, 1:], next_given[:, 1:])  # [B, dep_q]
+        if run_depth:
+            audio = self._graphed("depth", self._depth)(text, hidden, next_tokens[:, 1:], next_given[:, 1:])  # [B, dep_q]
+        else:
+            audio = torch.full((B, cfg.dep_q), ZERO_TOKEN, dtype=torch.long, device=text.device)
+        if audio_hook is not None:
+            audio = audio_hook(audio)
 
         offsets.add_(1)
         state.steps += 1

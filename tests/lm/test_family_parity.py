@@ -210,3 +210,54 @@ def test_tts_greedy_generation_matches_reference(tts, cfg_coef):
     for t in range(2, T):
         assert torch.equal(got[t], expected[t]), f"step {t}"
     assert len({tuple(g[:, 1:].flatten().tolist()) for g in got[2:]}) > 3  # not a constant output
+
+
+SCRIPT = ["hello there how are you", "fine thanks <break time=\"0.4s\"/> and you", "see you later"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    from fullduplex.text import train_tokenizer
+
+    words = ["hello there how are you", "fine thanks and you", "see you later my friend", "good morning"] * 6
+    return train_tokenizer(words, tmp_path_factory.mktemp("tok") / "tok", 96, model_type="bpe")
+
+
+def test_script_entries_match_reference(tokenizer):
+    from moshi.models.tts import TokenIds, script_to_entries
+
+    from fullduplex.inference.tts import script_entries
+
+    ref = script_to_entries(tokenizer.processor, TokenIds(97), 12.5, SCRIPT, multi_speaker=True, padding_between=1)
+    ours = script_entries(tokenizer.encode, SCRIPT, 12.5, multi_speaker=True, padding_between=1)
+    assert [(e.tokens, e.text, e.padding) for e in ours] == [(e.tokens, e.text, e.padding) for e in ref]
+    assert ours[0].tokens[0] == 1 and ours[5].tokens[0] == 2 and ours[5].speaker == 1  # speaker marks
+
+
+def test_tts_dialogue_identical_to_reference_ttsmodel(tts, tokenizer):
+    """The TTS runtime (script state machine, look-ahead stream, delayed audio, voices, the distilled ``cfg``
+    condition) gives the reference TTSModel's frames, ends and word steps for the same script and seed."""
+    from moshi.models.tts import StateMachine, TokenIds, TTSModel, script_to_entries
+
+    from fullduplex.inference.tts import TTS
+
+    reference, ours = tts
+    delay = 4
+    machine = StateMachine(TokenIds(reference.text_card + 1), second_stream_ahead=2, max_padding=8, initial_padding=2)
+    ref_tts = TTSModel(lm=reference, mimi=None, tokenizer=tokenizer.processor, voice_suffix="", voice_repo="",
+                       machine=machine, delay_steps=delay, n_q=4, temp=0.6, max_gen_length=120)
+    scripts = (SCRIPT, ["", "see you later"])
+    ref_entries = [script_to_entries(tokenizer.processor, machine.token_ids, 12.5, s, True, 1) for s in scripts]
+    attrs = [tts_conditions(b, cfg="2.0")[1] for b in range(2)]
+    torch.manual_seed(11)
+    expected = ref_tts.generate(ref_entries, attrs)
+
+    ours_tts = TTS(ours, tokenizer.encode, delay_steps=delay, second_stream_ahead=2, temp=0.6, cfg_coef=2.0)
+    entries = [ours_tts.entries(s, padding_between=1) for s in scripts]
+    conditions = [{**tts_conditions(b)[0], "cfg": "2.0"} for b in range(2)]
+    assert ours_tts.conditions(voices(0))["cfg"] == "2.0"
+    torch.manual_seed(11)
+    got = ours_tts.generate(entries, conditions, max_steps=120)
+    assert torch.equal(got.frames, torch.cat(expected.frames, dim=-1))
+    assert got.end_steps == expected.end_steps and all(e is not None for e in got.end_steps)
+    assert [[(w, s) for w, s, _ in item] for item in got.words] == expected.all_transcripts
