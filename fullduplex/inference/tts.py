@@ -247,3 +247,35 @@ class TTS:
                     frames.append(out)
         tokens = torch.cat(frames, dim=-1) if frames else torch.full((B, 1 + cfg.dep_q, 0), UNGENERATED_TOKEN)
         return TTSResult(tokens.cpu(), [r.end_step for r in readers], [r.words for r in readers])
+
+
+@dataclass
+class Speech:
+    """One item's speech: ``audio`` [1, S] float32 at the codec's rate, and its ``words`` as (text, start, end,
+    speaker) with times in seconds (a word ends where the next one starts; the last at the end of the script)."""
+
+    audio: torch.Tensor
+    words: list[tuple[str, float, float, int]]
+
+
+@torch.no_grad()
+def render(tts: TTS, result: TTSResult, mimi, item: int) -> Speech:
+    """Decode item ``item`` of ``result`` with ``mimi`` (a :class:`~fullduplex.codec.Mimi` holding n_q
+    codebooks): the audio from the first word to the end of the script, and the word times on it."""
+    delay = tts.lm.config.max_delay
+    codes = result.frames[item : item + 1, 1:, tts.delay_steps :]  # [1, n_q, T]: audio frame j is text step j
+    end = result.end_steps[item]
+    frames = codes.shape[-1] if end is None else min(codes.shape[-1], end + delay)
+    codes = codes[..., :frames]
+    weight = next(mimi.parameters())
+    pcm = mimi.decode(codes.clamp(min=0).to(weight.device)).float().cpu()[0]  # [1, frames * frame_size]
+    whole = (codes >= 0).all(dim=1)[0]  # [frames]: frames with every codebook written
+    pcm = (pcm.view(1, frames, -1) * whole.view(1, -1, 1)).reshape(1, -1)
+    duration = pcm.shape[-1] / mimi.sample_rate
+    words = []
+    steps = result.words[item]
+    for i, (text, step, speaker) in enumerate(steps):
+        start = min(step / tts.frame_rate, duration)
+        stop = steps[i + 1][1] / tts.frame_rate if i + 1 < len(steps) else (end if end is not None else frames) / tts.frame_rate
+        words.append((text, start, max(start, min(stop, duration)), speaker))
+    return Speech(pcm, words)
