@@ -57,6 +57,7 @@ def write_companions(
     """Copy the tokenizer and Mimi files into ``folder`` and write its ``config.json`` (each atomically)."""
     config = lm.config.to_moshi_dict()
     config["moshi_name"] = moshi_name
+    config["model_type"] = lm.config.model_type if lm.config.user_audio else "tts"  # Hibiki's EOS, TTS's streams
     for key, source in (("tokenizer_name", tokenizer), ("mimi_name", mimi)):
         if source is None:
             continue

@@ -141,3 +141,8 @@ def test_engine_refuses_guidance_without_conditions(models):
 
     with pytest.raises(FullduplexError, match="no conditioning"):
         Engine(models["mimi"], fd.LMModel(lm_preset("tiny")), GREEDY, cfg_coef=2.0)
+
+
+def test_quantize_refuses_conditioned_models(models):
+    with pytest.raises(ValueError, match="conditioners"):
+        fd.quantize(fd.LMModel(HIBIKI), "int8")
