@@ -57,7 +57,7 @@ def test_refuses_a_dialogue_model():
         check_hibiki(fd.LMModel(lm_preset("tiny")), "model.safetensors")
 
 
-@pytest.mark.parametrize("cfg_coef", [1.0, 2.5])
+@pytest.mark.parametrize("cfg_coef", [2.5])  # guidance: the path with two LM rows per item
 def test_batch_equals_each_alone(models, cfg_coef):
     wavs = [speech(0.5)[0], speech(0.9)[0] * 0.5]
     both = translate(wavs, models["mimi"], models["lm"], models["tokenizer"], GREEDY, cfg_coef=cfg_coef, tail=0.5)
@@ -103,7 +103,7 @@ def test_translate_command(models, tmp_path, capsys):
     assert_one_line_error(code, capsys.readouterr().err, "Hibiki checkpoint", "--hf-repo")
 
 
-@pytest.mark.parametrize("cfg_coef", [1.0, 2.0])
+@pytest.mark.parametrize("cfg_coef", [2.0])
 def test_engine_serves_hibiki_sessions_independently(models, cfg_coef):
     """A Hibiki session in the batched engine (conditions set per row, two LM rows per session under guidance)
     gives the same tokens alone and beside another session that joins earlier and leaves midway."""
