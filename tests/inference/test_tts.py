@@ -78,10 +78,15 @@ def test_dialogue_is_stereo_with_word_times(files, tmp_path, capsys):
 
 def test_one_voice_is_mono(files, tmp_path):
     out = tmp_path / "one.wav"
-    assert speak(files, out, "--voices", str(files["voices"][0]), "--max-seconds", "12", "--cfg-coef", "2") == 0
+    script = tmp_path / "one.txt"
+    script.write_text("hello there\nhow are you\n")  # one voice: the lines are one speaker's text
+    assert main(["speak", str(script), "--output", str(out), "--moshi-weight", str(files["lm"]), "--mimi-weight",
+                 str(files["mimi"]), "--mimi-config", "tiny", "--tokenizer", str(files["tokenizer"]), "--quiet",
+                 "--voices", str(files["voices"][0]), "--max-seconds", "12", "--cfg-coef", "2"]) == 0
     wav = read_audio(out, 24000)
     words = read_alignments(out.with_suffix(".json"))
-    assert wav.shape[0] == 1 and len(words) == 12 and {w.speaker for w in words} == {LEFT_SPEAKER}
+    assert wav.shape[0] == 1 and [w.text for w in words] == ["hello", "there", "how", "are", "you"]
+    assert {w.speaker for w in words} == {LEFT_SPEAKER}
 
 
 def test_bad_inputs(files, tmp_path, capsys):
