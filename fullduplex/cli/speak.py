@@ -54,6 +54,29 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=speak_command, conditioned=True)
 
 
+def make_tts(models, tts_config: dict, cfg_coef: float):
+    """The TTS runtime for loaded ``models`` and their ``tts_config``."""
+    from ..inference.tts import TTS
+
+    mimi, sampling = models.mimi, models.sampling
+    try:
+        return TTS(models.lm, models.tokenizer.encode, int(float(tts_config["audio_delay"]) * mimi.frame_rate),
+                   int(tts_config.get("second_stream_ahead", 0)), mimi.frame_rate, sampling.temp, sampling.top_k,
+                   sampling.top_k_text, cfg_coef, seed=sampling.seed)
+    except ValueError as e:
+        raise FullduplexError(f"--cfg-coef: {e}") from None
+
+
+def check_voices(models, paths: list[str], voices: list[torch.Tensor]) -> None:
+    provider = models.lm.condition_provider
+    if provider is None or "speaker_wavs" not in provider.names:
+        raise FullduplexError(f"{models.lm_path} takes no voices (no speaker_wavs condition); is this a Kyutai TTS model?")
+    expected = provider.conditioners["speaker_wavs"].dim
+    for path, voice in zip(paths, voices, strict=True):
+        if voice.shape[1] != expected:
+            raise FullduplexError(f"voice {path}: {voice.shape[1]} channels, this model's voices have {expected}")
+
+
 def read_voice(path: Path) -> torch.Tensor:
     """``speaker_wavs`` [1, C, T] of a voice file; :class:`FullduplexError` naming the file otherwise."""
     from safetensors import safe_open
@@ -85,9 +108,8 @@ def read_script(path: Path, two: bool) -> list[str]:
 
 def speak_command(args: argparse.Namespace) -> int:
     from ..codec.audio import write_wav
-    from ..data.formats import LEFT_SPEAKER, RIGHT_SPEAKER, AlignedWord, write_alignments
+    from ..data.formats import write_alignments
     from ..inference.offline import write_stereo_wav
-    from ..inference.tts import TTS, render
 
     if not 1 <= len(args.voices) <= 2:
         raise FullduplexError(f"--voices takes one voice or two (a dialogue), got {len(args.voices)}")
@@ -108,37 +130,134 @@ def speak_command(args: argparse.Namespace) -> int:
     if not isinstance(tts_config, dict) or "audio_delay" not in tts_config:
         raise FullduplexError(f"{source or 'the model'} has no tts_config.audio_delay: is this a Kyutai TTS model?")
     models = load_models(args)
-    lm, mimi = models.lm, models.mimi
-    provider = lm.condition_provider
-    if provider is None or "speaker_wavs" not in provider.names:
-        raise FullduplexError(f"{models.lm_path} takes no voices (no speaker_wavs condition); is this a Kyutai TTS model?")
-    expected = provider.conditioners["speaker_wavs"].dim
-    for path, voice in zip(args.voices, voices, strict=True):
-        if voice.shape[1] != expected:
-            raise FullduplexError(f"voice {path}: {voice.shape[1]} channels, this model's voices have {expected}")
-    sampling = models.sampling
-    try:
-        tts = TTS(lm, models.tokenizer.encode, int(float(tts_config["audio_delay"]) * mimi.frame_rate),
-                  int(tts_config.get("second_stream_ahead", 0)), mimi.frame_rate, sampling.temp, sampling.top_k,
-                  sampling.top_k_text, args.cfg_coef, seed=sampling.seed)
-    except ValueError as e:
-        raise FullduplexError(f"--cfg-coef: {e}") from None
-    entries = tts.entries(turns)
-    max_steps = int(args.max_seconds * mimi.frame_rate) + tts.delay_steps
-    result = tts.generate([entries], [tts.conditions(voices)], max_steps=max_steps)
+    mimi = models.mimi
+    check_voices(models, args.voices, voices)
+    tts = make_tts(models, tts_config, args.cfg_coef)
+    audio, words, finished = speak_turns(tts, mimi, turns, voices, args.max_seconds)
+    if two:
+        write_stereo_wav(output, audio, mimi.sample_rate)
+    else:
+        write_wav(output, audio, mimi.sample_rate)
+    write_alignments(output.with_suffix(".json"), words)
+    state = "" if finished else f" (the script did not fit in --max-seconds {args.max_seconds:g})"
+    print(f"{output}: {audio.shape[-1] / mimi.sample_rate:.2f} s, {'stereo' if two else 'mono'}, "
+          f"{len(words)} words -> {output.with_suffix('.json')}{state}")
+    return 0
+
+
+def speak_turns(tts, mimi, turns: list[str], voices: list[torch.Tensor], max_seconds: float):
+    """Speak ``turns`` (alternating speakers, the first voice first): (audio [1, S] for one voice, [2, S] for two
+    with a speaker per channel; the words as alignments; whether the script fit in ``max_seconds``)."""
+    from ..data.formats import LEFT_SPEAKER, RIGHT_SPEAKER, AlignedWord
+    from ..inference.tts import render
+
+    max_steps = int(max_seconds * mimi.frame_rate) + tts.delay_steps
+    result = tts.generate([tts.entries(turns)], [tts.conditions(voices)], max_steps=max_steps)
     speech = render(tts, result, mimi, 0)
     audio = speech.audio  # [1, S]
-    if two:  # each channel: its speaker's turns (from a turn's first word to the other speaker's next word)
+    if len(voices) == 2:  # each channel: its speaker's turns (from a turn's first word to the other's next word)
         owner = torch.zeros(audio.shape[-1], dtype=torch.long)
         for _, start, _, speaker in speech.words:
             owner[int(start * mimi.sample_rate) :] = speaker
         audio = torch.cat([audio * (owner == 0), audio * (owner == 1)], dim=0)  # [2, S]
-        write_stereo_wav(output, audio, mimi.sample_rate)
-    else:
-        write_wav(output, audio, mimi.sample_rate)
     labels = (LEFT_SPEAKER, RIGHT_SPEAKER)
-    write_alignments(output.with_suffix(".json"), [AlignedWord(t, s, e, labels[spk]) for t, s, e, spk in speech.words])
-    state = "" if result.end_steps[0] is not None else f" (the script did not fit in --max-seconds {args.max_seconds:g})"
-    print(f"{output}: {audio.shape[-1] / mimi.sample_rate:.2f} s, {'stereo' if two else 'mono'}, "
-          f"{len(speech.words)} words -> {output.with_suffix('.json')}{state}")
+    words = [AlignedWord(t, s, e, labels[spk]) for t, s, e, spk in speech.words]
+    return audio, words, result.end_steps[0] is not None
+
+
+# --- `data synth --engine kyutai-tts` -------------------------------------------------------------------------
+def tts_models(model: str | None, seed: int):
+    """Load a Kyutai TTS checkpoint for ``data synth``: a folder whose config.json names its files
+    (``mimi_name``, ``tokenizer_name``) or ``hf://OWNER/REPO`` (default :data:`TTS_REPO`). (models, tts_config)."""
+    from ..checkpoint.resolve import read_config_json
+
+    options: dict[str, Any] = dict(hf_repo=None, moshi_weight=None, mimi_weight=None, tokenizer=None)
+    text = model or f"hf://{TTS_REPO}"
+    if text.startswith("hf://"):
+        options["hf_repo"] = text[len("hf://"):].strip("/")
+        raw = None
+    else:
+        folder = Path(text)
+        if not (folder / "config.json").is_file():
+            raise FullduplexError(f"--tts {folder}: no config.json there; give a Kyutai TTS folder or hf://OWNER/REPO")
+        raw = read_config_json(folder / "config.json")
+        options["moshi_weight"] = str(folder)
+        for key, name in (("mimi_weight", "mimi_name"), ("tokenizer", "tokenizer_name")):
+            if not raw.get(name):
+                raise FullduplexError(f"{folder / 'config.json'} names no {name}: the folder must hold the model's files")
+            options[key] = str(folder / raw[name])
+    args = argparse.Namespace(
+        **options, config=None, lora_weight=None, lora_scaling=None, mimi_config=None, fuse_lora=True, temp=None,
+        temp_text=None, top_k=None, top_k_text=None, seed=seed, cfg_coef=1.0, conditioned=True, device=None,
+        dtype=None, quantize=None, kv_dtype="auto", kv_pages=None,
+    )
+    raw = raw if raw is not None else model_config_json(args)[0]
+    tts_config = (raw or {}).get("tts_config")
+    if not isinstance(tts_config, dict) or "audio_delay" not in tts_config:
+        raise FullduplexError(f"--tts {text}: its config.json has no tts_config.audio_delay: is it a Kyutai TTS model?")
+    return load_models(args), tts_config
+
+
+def script_turns(script) -> list[str]:
+    """A planned dialogue (:class:`~fullduplex.data.dialogues.Script`) as alternating turns, the left speaker's
+    first (an empty first turn when the right one opens); a speaker's consecutive turns are joined, backchannels
+    left out (the TTS speaks one turn at a time)."""
+    turns: list[str] = []
+    last = 0
+    for turn, line in zip(script.turns, script.lines(), strict=True):
+        if not turns and turn.speaker == 1:
+            turns.append("")
+        elif turns and turn.speaker == last:
+            turns[-1] = f"{turns[-1]} {line}".strip()
+            continue
+        turns.append(line)
+        last = turn.speaker
+    return turns
+
+
+def synth_corpus_tts(args: argparse.Namespace) -> int:
+    """``data synth --engine kyutai-tts``: the scripted dialogues spoken by Kyutai TTS with two voices, written
+    as ``data synth`` writes its corpus (stereo wav + alignments per dialogue, manifest.jsonl, transcripts.txt,
+    synth.json)."""
+    import json
+
+    from ..atomic import folder_output
+    from ..data.dialogues import plan
+    from ..data.formats import write_alignments
+    from ..data.synth import INFO_NAME, MANIFEST_NAME, SYNTH, TRANSCRIPT_NAME, dialogue_rng
+    from ..inference.offline import write_stereo_wav
+
+    if args.lang != "en":
+        raise FullduplexError(f"--engine kyutai-tts speaks the English scripts only (Kyutai TTS: English and French), not {args.lang!r}")
+    paths = (args.tts_voices or "").split(",")
+    if len(paths) != 2 or not all(paths):
+        raise FullduplexError("--engine kyutai-tts needs --tts-voices LEFT,RIGHT: two voice embedding files")
+    voices = [read_voice(Path(p)) for p in paths]
+    output = Path(args.output)
+    models, tts_config = tts_models(args.tts, args.seed)
+    check_voices(models, paths, voices)
+    tts = make_tts(models, tts_config, 1.0)
+    mimi = models.mimi
+    manifest, transcripts, seconds, words_total, unfinished = [], [], 0.0, 0, 0
+    with folder_output(output, SYNTH, args.overwrite) as work:
+        for index in range(args.dialogues):
+            script = plan(args.lang, dialogue_rng(args.seed, index))
+            turns = script_turns(script)
+            tts.seed = args.seed * 1_000_003 + index
+            audio, words, finished = speak_turns(tts, mimi, turns, voices, 120.0)
+            name = f"{args.lang}-{index:05d}"
+            write_stereo_wav(work / f"{name}.wav", audio, mimi.sample_rate)
+            write_alignments(work / f"{name}.json", words)
+            duration = audio.shape[-1] / mimi.sample_rate
+            manifest.append({"path": f"{name}.wav", "duration": round(duration, 3), "speakers": paths})
+            transcripts += [t for t in turns if t]
+            seconds, words_total, unfinished = seconds + duration, words_total + len(words), unfinished + (not finished)
+        (work / MANIFEST_NAME).write_text("".join(json.dumps(m) + "\n" for m in manifest), encoding="utf-8")
+        (work / TRANSCRIPT_NAME).write_text("".join(t + "\n" for t in transcripts), encoding="utf-8")
+        info = {"engine": "kyutai-tts", "model": args.tts or f"hf://{TTS_REPO}", "voices": paths, "language": args.lang,
+                "dialogues": args.dialogues, "seed": args.seed, "seconds": round(seconds, 3), "words": words_total}
+        (work / INFO_NAME).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    late = f"; {unfinished} did not fit in 120 s" if unfinished else ""
+    print(f"{args.dialogues} dialogues, {seconds / 60:.1f} min, {words_total} words (kyutai-tts){late}")
+    print(f"wrote {output / MANIFEST_NAME}")
     return 0

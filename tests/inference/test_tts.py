@@ -98,3 +98,34 @@ def test_bad_inputs(files, tmp_path, capsys):
     code = main(["speak", str(files["script"]), "--voices", str(files["voices"][0]), "--output", str(out)])
     assert_one_line_error(code, capsys.readouterr().err, "TTS checkpoint")
     assert not out.exists()
+
+
+def test_data_synth_with_kyutai_tts(files, tmp_path, capsys):
+    """``data synth --engine kyutai-tts``: the planned dialogues spoken with two voices, in the corpus layout that
+    ``data prepare`` reads (stereo wav, alignments, manifest)."""
+    import shutil
+
+    from fullduplex.data.formats import read_manifest
+
+    folder = tmp_path / "tts-model"
+    folder.mkdir()
+    for source, name in ((files["lm"] / "model.safetensors", "model.safetensors"), (files["mimi"], "mimi.safetensors"),
+                         (files["tokenizer"], "tok.model")):
+        shutil.copyfile(source, folder / name)
+    config = {**CONFIG, "mimi_name": "mimi.safetensors", "tokenizer_name": "tok.model",
+              "mimi_config": mimi_preset("tiny").to_moshi_dict()}
+    (folder / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "corpus"
+    voices = ",".join(str(v) for v in files["voices"])
+    assert main(["data", "synth", "--engine", "kyutai-tts", "--lang", "en", "--dialogues", "1", "--output", str(out),
+                 "--tts", str(folder), "--tts-voices", voices, "--quiet"]) == 0
+    entries, problems = read_manifest(out / "manifest.jsonl")
+    assert len(entries) == 1 and not problems
+    for entry in entries:
+        stereo = read_stereo(entry.path, 24000)
+        words = read_alignments(entry.path.with_suffix(".json"), duration=stereo.shape[-1] / 24000)
+        assert words and abs(entry.duration - stereo.shape[-1] / 24000) < 1e-3
+    assert "kyutai-tts" in capsys.readouterr().out
+    code = main(["data", "synth", "--engine", "kyutai-tts", "--lang", "hi", "--dialogues", "1", "--output",
+                 str(tmp_path / "hi"), "--tts", str(folder), "--tts-voices", voices])
+    assert_one_line_error(code, capsys.readouterr().err, "English")
