@@ -78,6 +78,13 @@ class LMConfig:
             raise ValueError(f"depformer_norm={self.depformer_norm!r} is not supported (rms_norm_f32, rms_norm, layer_norm)")
         if self.cross_attention and not (self.fuser or {}).get("cross"):
             raise ValueError("cross_attention needs a fuser with 'cross' conditions")
+        if self.conditioners:  # refuse unsupported conditioner types and fuser settings here, by name
+            import torch
+
+            from .conditioners import ConditionProvider
+
+            with torch.device("meta"):
+                ConditionProvider(self.conditioners, self.fuser, self.dim)
 
     # --- derived ------------------------------------------------------------------------------------------
     @property

@@ -261,3 +261,18 @@ def test_tts_dialogue_identical_to_reference_ttsmodel(tts, tokenizer):
     assert torch.equal(got.frames, torch.cat(expected.frames, dim=-1))
     assert got.end_steps == expected.end_steps and all(e is not None for e in got.end_steps)
     assert [[(w, s) for w, s, _ in item] for item in got.words] == expected.all_transcripts
+
+
+@pytest.mark.parametrize(("change", "needle"), [
+    ({"conditioners": {"description": {"type": "t5", "t5": {"dim": 16}}}}, "type 't5' is not supported"),
+    ({"fuser": {"prepend": ["description"]}}, "prepend"),
+    ({"fuser": {"sum": ["genre"]}}, "'genre'"),
+    ({"depformer_norm": "batch_norm"}, "depformer_norm='batch_norm'"),
+    ({"depformer_weights_per_step_schedule": [0, 1]}, "depformer_weights_per_step_schedule"),
+])
+def test_unsupported_variants_are_refused_by_name(tmp_path, change, needle):
+    config = {k: v for k, v in {**HIBIKI, **change}.items()}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(fd.errors.CheckpointError, match=needle.replace("[", r"\[").replace("(", r"\(")):
+        fd.load_lm(tmp_path)
