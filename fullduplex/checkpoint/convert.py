@@ -57,6 +57,8 @@ def write_companions(
     """Copy the tokenizer and Mimi files into ``folder`` and write its ``config.json`` (each atomically)."""
     config = lm.config.to_moshi_dict()
     config["moshi_name"] = moshi_name
+    if lm.config.model_type != "moshi" or not lm.config.user_audio:  # Hibiki's EOS, TTS's streams (as released)
+        config["model_type"] = lm.config.model_type if lm.config.user_audio else "tts"
     for key, source in (("tokenizer_name", tokenizer), ("mimi_name", mimi)):
         if source is None:
             continue

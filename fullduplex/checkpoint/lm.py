@@ -36,26 +36,35 @@ LORA_NAME = "lora.safetensors"
 LM_NAMES = (MOSHI_NAME, "model.q8.safetensors", "model.q4.safetensors")
 
 _TEMPORAL_ATTN = re.compile(r"^transformer\.layers\.(\d+)\.self_attn\.(in_proj_weight|in_proj\.weight|in_projs\.0\.weight|out_proj\.weight|out_projs\.0\.weight)$")
+_CROSS_ATTN = re.compile(r"^transformer\.layers\.(\d+)\.cross_attention\.(in_proj_weight|in_proj\.weight|in_projs\.0\.weight|out_proj\.weight|out_projs\.0\.weight)$")
 _DEPTH_FUSED = re.compile(r"^depformer\.layers\.(\d+)\.self_attn\.(in_proj_weight|in_proj\.weight|out_proj\.weight)$")
 _DEPTH_SPLIT = re.compile(r"^depformer\.layers\.(\d+)\.self_attn\.(in_projs|out_projs)\.(\d+)\.weight$")
+HIBIKI_EOS_ID = 2  # the text tokenizer's end of sequence, which ends a Hibiki translation
 MIMI_MARKERS = ("encoder.model.0.conv.conv.weight", "quantizer.rvq_first.input_proj.weight")
 
 
 def from_released(
     tensors: Iterable[tuple[str, torch.Tensor]], steps: int, dtype: torch.dtype | None,
-    put: Callable[[str, torch.Tensor], None] | None = None,
+    put: Callable[[str, torch.Tensor], None] | None = None, conditions: bool = False,
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Released LM (name, tensor) pairs → (our state dict, keys of no LM module). Casts each tensor to ``dtype``
     as it arrives (floats only), so a checkpoint is never held twice. With ``put``, each converted tensor is
-    handed to it instead of being kept (the returned dict is then empty)."""
+    handed to it instead of being kept (the returned dict is then empty). ``steps``: the Depth Transformer's
+    weight sets (``dep_q``, fewer with a weights-per-step schedule); ``conditions``: the model has conditioners
+    (``condition_provider.*`` keys are its own, else they are reported as unknown)."""
     ours: dict[str, torch.Tensor] = {} if put is None else _Sink(put)
     unknown: list[str] = []
     split: dict[str, dict[int, torch.Tensor]] = {}
     for key, value in tensors:
         if dtype is not None and value.is_floating_point():
             value = value.to(dtype)
-        if key.startswith(("condition_provider.", "fuser.")) or "lora" in key:
+        if (key.startswith("condition_provider.") and not conditions) or key.startswith("fuser.") or "lora" in key:
             unknown.append(key)
+            continue
+        match = _CROSS_ATTN.match(key)
+        if match:
+            kind = "in_proj" if match.group(2).startswith("in_proj") else "out_proj"
+            ours[f"transformer.layers.{match.group(1)}.cross_attention.{kind}.weight"] = value
             continue
         match = _TEMPORAL_ATTN.match(key)
         if match:
@@ -182,7 +191,7 @@ def _lora_scaling(raw: dict) -> float:
 
 def _config_from_dict(raw: dict, source: str) -> LMConfig | None:
     """None for a ``config.json`` that names no LM setting at all (PersonaPlex's stub): the tensors then tell."""
-    if not {f.name for f in fields(LMConfig)} & set(raw):
+    if not ({f.name for f in fields(LMConfig)} - {"model_type"}) & set(raw):
         return None
     try:
         return LMConfig.from_moshi_dict(raw, source=source)
@@ -335,7 +344,9 @@ def load_lm(
     if mlx:
         unknown = read_mlx(path, builder)
     else:
-        _, unknown = from_released(iter_state_dict(path), config.dep_q, dtype, put=builder.add)
+        _, unknown = from_released(
+            iter_state_dict(path), config.depth_weights, dtype, put=builder.add, conditions=config.conditioners is not None
+        )
     state = builder.finish()
     if any(k in state for k in MIMI_MARKERS) or any(k in unknown for k in MIMI_MARKERS):
         raise CheckpointError(f"{path} is a Mimi checkpoint, not the LM; pass the LM file ({MOSHI_NAME})")
@@ -347,6 +358,10 @@ def load_lm(
         "is the architecture right? Pass the checkpoint's config.json (--config) or the matching preset",
     )
     model = assign_weights(model, state, device)
+    if config.model_type == "hibiki":
+        # As the reference loader: an EOS sampled before the source ends reads back as PAD (Hibiki keeps going).
+        with torch.no_grad():
+            model.text_emb.weight[HIBIKI_EOS_ID] = model.text_emb.weight[config.text_pad_id]
     if lora is not None:
         from .lora import apply_lora_file, attach_lora_file
 

@@ -131,6 +131,7 @@ class UnfusedLoRAStepProjections(StepProjections):
                  scaling: float) -> None:
         nn.Module.__init__(self)
         self.in_proj, self.out_proj = base.in_proj, base.out_proj
+        self.schedule = base.schedule  # adapters are per weight set, as the projections (Kyutai TTS shares them)
         self.scaling = scaling
         for kind, weight in (("in", self.in_proj), ("out", self.out_proj)):
             pairs = adapters.get(kind, {})
@@ -147,8 +148,8 @@ class UnfusedLoRAStepProjections(StepProjections):
         if a.shape[1] == 0:
             return 0
         steps = x.shape[1]
-        low = torch.einsum("nsd,srd->nsr", x, a[:steps])
-        return torch.einsum("nsr,ser->nse", low, b[:steps]) * self.scaling
+        low = torch.einsum("nsd,srd->nsr", x, self._weights(a, steps))
+        return torch.einsum("nsr,ser->nse", low, self._weights(b, steps)) * self.scaling
 
     def project_in(self, x: torch.Tensor) -> torch.Tensor:
         return super().project_in(x) + self._all_steps(x, self.in_A, self.in_B)
@@ -157,10 +158,12 @@ class UnfusedLoRAStepProjections(StepProjections):
         return super().project_out(x) + self._all_steps(x, self.out_A, self.out_B)
 
     def step_in(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        return super().step_in(x, k) + low_rank(x, self.in_A[k], self.in_B[k], self.scaling)
+        w = k if self.schedule is None else self.schedule[k]
+        return super().step_in(x, k) + low_rank(x, self.in_A[w], self.in_B[w], self.scaling)
 
     def step_out(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        return super().step_out(x, k) + low_rank(x, self.out_A[k], self.out_B[k], self.scaling)
+        w = k if self.schedule is None else self.schedule[k]
+        return super().step_out(x, k) + low_rank(x, self.out_A[w], self.out_B[w], self.scaling)
 
 
 def attach_lora_file(model: nn.Module, path: str | Path, scaling: float) -> nn.Module:

@@ -177,6 +177,11 @@ def register(subparsers: Any) -> None:
     syn.add_argument("--sample-rate", type=positive_int, default=24000, metavar="HZ",
                      help="sample rate of the WAV files (default: 24000, Mimi's)")
     syn.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    syn.add_argument("--engine", choices=("espeak-ng", "kyutai-tts"), default="espeak-ng",
+                     help="who speaks: espeak-ng (default; exact word times) or Kyutai TTS (--tts, --tts-voices; en)")
+    syn.add_argument("--tts", metavar="MODEL", help="kyutai-tts: a checkpoint folder whose config.json names its "
+                     "files, or hf://OWNER/REPO (default hf://kyutai/tts-1.6b-en_fr)")
+    syn.add_argument("--tts-voices", metavar="LEFT,RIGHT", help="kyutai-tts: two voice embedding files")
     syn.set_defaults(func=synth_command)
 
 
@@ -286,6 +291,10 @@ def merge_command(args: argparse.Namespace) -> int:
 
 
 def synth_command(args: argparse.Namespace) -> int:
+    if getattr(args, "engine", "espeak-ng") == "kyutai-tts":
+        from .speak import synth_corpus_tts
+
+        return synth_corpus_tts(args)
     from ..atomic import check_output_folder
     from ..data.synth import SYNTH, SynthConfig, resolve_voices, synthesize_corpus
 

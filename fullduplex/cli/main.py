@@ -30,6 +30,7 @@ COMMANDS: tuple[str, ...] = (
     "fullduplex.cli.codec", "fullduplex.cli.generate", "fullduplex.cli.serve", "fullduplex.cli.client",
     "fullduplex.cli.tokenizer", "fullduplex.cli.adapt", "fullduplex.cli.data", "fullduplex.cli.train",
     "fullduplex.cli.eval", "fullduplex.cli.convert", "fullduplex.cli.voice", "fullduplex.cli.transcribe",
+    "fullduplex.cli.translate", "fullduplex.cli.speak",
 )
 
 EXIT_ERROR = 2

@@ -137,7 +137,7 @@ def sampling_from_args(args: argparse.Namespace, gen_config: dict | None = None,
                 raise ValueError(f"{source}: lm_gen_config.{key} must be a number, got {value!r}")
             values[GEN_KEYS[key]] = int(value) if key.startswith("top_k") else float(value)
         elif key == "cfg_coef":
-            if value != 1.0:
+            if value != 1.0 and not getattr(args, "conditioned", False):  # Hibiki (translate) takes it
                 raise ValueError(f"{source}: lm_gen_config.cfg_coef={value}, but this model has no conditioning for "
                                  "classifier-free guidance; set it to 1.0 in that file")
         else:
@@ -151,7 +151,7 @@ def sampling_from_args(args: argparse.Namespace, gen_config: dict | None = None,
         if getattr(args, name, None) is not None:
             values[name] = getattr(args, name)
     coef = getattr(args, "cfg_coef", 1.0)
-    if coef != 1.0:
+    if coef != 1.0 and not getattr(args, "conditioned", False):
         raise ValueError(CFG_REFUSAL.format(coef=coef))
     return Sampling(**values, seed=args.seed)
 

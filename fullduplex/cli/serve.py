@@ -113,7 +113,11 @@ def register(subparsers: Any) -> None:
                           help="memory for cached persona states, least recently used dropped first (default: 1024; "
                                "per device with --devices)")
     add_model_arguments(parser)
-    parser.set_defaults(func=serve_command)
+    for action in parser._actions:  # the shared --cfg-coef: a Hibiki model takes it
+        if action.dest == "cfg_coef":
+            action.help = ("classifier-free guidance for Hibiki (towards its \"very_good\" description; 1 is none, "
+                           "above 1 costs twice the compute); the dialogue models take only 1.0")
+    parser.set_defaults(func=serve_command, conditioned=True)  # --cfg-coef: checked against the model (Hibiki)
 
 
 def ssl_context(folder: str | None) -> ssl.SSLContext | None:
@@ -223,7 +227,7 @@ def serve_command(args: argparse.Namespace) -> int:
         loaded.append(thread.submit(load_models, argparse.Namespace(**{**vars(args), "device": device})).result())
         cache = PersonaCache(max_bytes=int(args.persona_cache_mb * 2**20))  # a state lives on its engine's device
         engine = Engine(loaded[-1].mimi, loaded[-1].lm, loaded[-1].sampling, max_sessions=args.max_sessions,
-                        personas=cache)
+                        personas=cache, cfg_coef=args.cfg_coef)
         lanes.append(Lane(engine, thread))
     models = loaded[0]  # prepares personas (on the first device) and gives the tokenizer
     personas = lanes[0].thread.submit(lambda: PersonaLibrary(

@@ -54,6 +54,20 @@ from ..nn.paged_kv import PagedKV
 from .generator import Generator
 from .offline import Sampling, user_codebooks
 from .persona import Persona, PersonaCache, PersonaState, restore, snapshot
+from .translate import hibiki_conditions
+
+
+def default_conditions(lm: LMModel, cfg_coef: float) -> tuple | None:
+    """(conditions, null) a served model runs under: none for the dialogue models, Hibiki's description."""
+    if lm.condition_provider is None:
+        if cfg_coef != 1.0:
+            raise FullduplexError(f"--cfg-coef {cfg_coef:g}: this model has no conditioning for classifier-free "
+                                  "guidance (only conditioned models such as Hibiki); leave --cfg-coef at 1.0")
+        return None
+    if lm.config.model_type == "hibiki":
+        return hibiki_conditions(cfg_coef)
+    raise FullduplexError(f"a {lm.config.model_type!r} model with conditioners {lm.condition_provider.names} cannot be "
+                          "served as a conversation (serve takes dialogue and Hibiki models)")
 
 
 class EngineFull(FullduplexError):
@@ -174,14 +188,18 @@ class Engine:
 
     def __init__(
         self, mimi: Mimi, lm: LMModel, sampling: Sampling | None = None, max_sessions: int = 8,
-        personas: PersonaCache | None = None,
+        personas: PersonaCache | None = None, cfg_coef: float = 1.0, conditions: tuple | None = None,
     ) -> None:
+        """``conditions``: (conditions, null conditions) every session runs under, for models with conditioners
+        (default for Hibiki: its "very_good" description, contrasted with "very_bad" when ``cfg_coef != 1``)."""
         if max_sessions < 1:
             raise ValueError(f"max_sessions must be at least 1, got {max_sessions}")
         sampling = sampling or Sampling()
         self.mimi, self.lm, self.max_sessions = mimi, lm, max_sessions
         self.mimi.num_codebooks = user_codebooks(lm)
-        self.generator = Generator(lm, sampling.temp, sampling.temp_text, sampling.top_k, sampling.top_k_text, sampling.seed)
+        self.conditions = conditions if conditions is not None else default_conditions(lm, cfg_coef)
+        self.generator = Generator(lm, sampling.temp, sampling.temp_text, sampling.top_k, sampling.top_k_text, sampling.seed,
+                                   cfg_coef=cfg_coef)
         self.device = next(mimi.parameters()).device
         self.sessions: list[Session | None] = [None] * max_sessions
         self.step_times: deque[float] = deque(maxlen=1000)  # seconds per step, most recent last
@@ -198,6 +216,9 @@ class Engine:
             stack = ExitStack()
             stack.enter_context(self.mimi.streaming(self.max_sessions))
             stack.enter_context(self.generator.streaming(self.max_sessions))
+            if self.conditions is not None:  # the same for every row: resets and compaction keep them
+                for row in range(self.max_sessions):
+                    self.generator.set_conditions(row, *self.conditions)
             self._stack = stack
         return self
 
@@ -302,7 +323,10 @@ class Engine:
             size = bucket(n, self.max_sessions) if self.buckets else n
             kv = self.lm.transformer.state
             if isinstance(kv, PagedKV):  # rows without a session (past the leading n) hold no KV pages
-                kv.set_active((torch.arange(self.max_sessions) < n).to(self.device))
+                active = torch.arange(self.max_sessions) < n
+                if self.generator.cfg:  # two LM rows per session under classifier-free guidance
+                    active = active.repeat_interleave(2)
+                kv.set_active(active.to(self.device))
             with ExitStack() as stack:
                 if size < self.max_sessions:
                     stack.enter_context(self.mimi.rows(size))

@@ -28,15 +28,26 @@ Speech-to-text (``dep_q = 0``, Kyutai STT): there is no Depth Transformer; all n
 and each step returns the text token only ([B, 1, 1]). :meth:`Generator.step_with_extra_heads` also returns the
 extra heads' probabilities for the step (the STT 1B's voice-activity head), as the reference's
 ``LMGen.step_with_extra_heads``.
+Conditions (Hibiki's ``description``, Kyutai TTS's voices and ``cfg`` / ``control``): ``gen.set_conditions(item,
+conditions, null)`` once per item after it (re)starts, outside the per-frame step (see
+:mod:`~fullduplex.lm.conditioners`); until then an item has every lookup-table condition absent. Classifier-free
+guidance (``cfg_coef != 1``): the LM runs two rows per item, the item's conditions and its ``null`` ones
+(Hibiki: "very_bad"; TTS: everything dropped), and samples from ``null + cfg_coef * (cond - null)`` logits, text
+and audio; with ``cfg_no_text`` the null row sees no text (zero tokens) and the text is sampled from the
+conditioned logits alone (Kyutai TTS). ``text_hook`` (step argument) may replace the sampled text tokens before
+the Depth Transformer reads them (the TTS state machine).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 
-from ..lm.model import UNGENERATED_TOKEN, LMModel
+from ..lm.conditioners import Conditions
+from ..lm.model import UNGENERATED_TOKEN, ZERO_TOKEN, LMModel
 from ..nn.cuda_graph import GraphedStep
 from ..nn.streaming import StreamingModule, StreamingState, masked_zero_
 from .sampling import sample_token
@@ -48,12 +59,20 @@ class GeneratorState(StreamingState):
     given: torch.Tensor  # [B, K, max_delay + 2] bool: the cached token was given (user codes, forced), not sampled
     offsets: torch.Tensor  # [B] frames stepped, per item
     steps: int  # frames stepped since the streaming block began (host side, for the first-output rule)
-    depth_cache: torch.Tensor  # [L, 2, B, H, dep_q, d] keys/values of the Depth Transformer, per frame
-    graphs: dict = field(default_factory=dict)
-    hidden: torch.Tensor | None = None  # [B, 1, dim] the last step's Temporal output (for the extra heads)  # on CUDA: the temporal and depth steps as CUDA graphs, by batch
+    depth_cache: torch.Tensor  # [L, 2, B * C, H, dep_q, d] keys/values of the Depth Transformer, per frame
+    graphs: dict = field(default_factory=dict)  # on CUDA: the temporal and depth steps as CUDA graphs, by batch
+    hidden: torch.Tensor | None = None  # [B, 1, dim] the last step's Temporal output (for the extra heads)
+    # Conditions, C = 2 rows per item with classifier-free guidance (conditioned, null), else 1:
+    condition_sum: torch.Tensor | None = None  # [B, C, 1, dim] added to every frame's input
+    cross_kv: torch.Tensor | None = None  # [B, C, L, 2, H, Tc, d] keys/values of the cross-attention
+    rows_per_item: int = 1  # C
     # The depth cache is scratch within a frame (each frame writes its slots before reading them): an item's
-    # state is its token ring, flags and offset.
-    item_tensors = ("cache", "given", "offsets")
+    # state is its token ring, flags, offset and conditions.
+
+    def __post_init__(self) -> None:
+        self.item_tensors = ("cache", "given", "offsets") + tuple(
+            name for name in ("condition_sum", "cross_kv") if getattr(self, name) is not None
+        )
 
     def reset(self, mask: torch.Tensor) -> None:
         masked_zero_(self.cache, mask, UNGENERATED_TOKEN)
@@ -62,7 +81,7 @@ class GeneratorState(StreamingState):
 
     def prefix(self, n: int) -> GeneratorState:
         view = super().prefix(n)
-        view.depth_cache = self.depth_cache[:, :, :n]
+        view.depth_cache = self.depth_cache[:, :, : n * self.rows_per_item]
         return view
 
     def absorb(self, view: StreamingState) -> None:
@@ -86,11 +105,15 @@ class Generator(StreamingModule):
         top_k: int = 250,
         top_k_text: int = 25,
         seed: int | None = None,
+        cfg_coef: float = 1.0,
+        cfg_no_text: bool = False,
     ) -> None:
         super().__init__()
         self.lm = lm
         self.temp, self.temp_text, self.top_k, self.top_k_text = temp, temp_text, top_k, top_k_text
         self.seed = seed
+        self.cfg_coef, self.cfg_no_text = float(cfg_coef), cfg_no_text
+        self.cfg = self.cfg_coef != 1.0  # two LM rows per item (see the module docstring)
         self.cuda_graphs = True
         self._rng: torch.Generator | None = None
         cfg = lm.config
@@ -111,12 +134,101 @@ class Generator(StreamingModule):
             self._rng = torch.Generator(device=device).manual_seed(self.seed)
         cache = torch.full((batch_size, cfg.num_streams, cfg.max_delay + 2), UNGENERATED_TOKEN, dtype=torch.long, device=device)
         offsets = torch.zeros(batch_size, dtype=torch.long, device=device)
+        rows = 2 if self.cfg else 1
         if self.lm.depformer is not None:
-            depth_cache = self.lm.depformer.new_cache(batch_size, device, dtype)
+            depth_cache = self.lm.depformer.new_cache(batch_size * rows, device, dtype)
         else:  # speech-to-text: no Depth Transformer
-            depth_cache = torch.zeros(0, 2, batch_size, 0, 0, 0, device=device, dtype=dtype)
+            depth_cache = torch.zeros(0, 2, batch_size * rows, 0, 0, 0, device=device, dtype=dtype)
         given = torch.zeros(cache.shape, dtype=torch.bool, device=device)
-        return GeneratorState(batch_size, cache, given, offsets, 0, depth_cache)
+        condition_sum = cross_kv = None
+        provider = self.lm.condition_provider
+        if provider is not None and provider.sum_names:  # until set: every summed condition absent
+            absent, _ = self.lm.fuse_conditions([{name: None for name in provider.names}])
+            condition_sum = absent.to(device).view(1, 1, 1, -1).repeat(batch_size, rows, 1, 1)
+        return GeneratorState(batch_size, cache, given, offsets, 0, depth_cache, condition_sum=condition_sum,
+                              cross_kv=cross_kv, rows_per_item=rows)
+
+    # --- conditions and classifier-free guidance -------------------------------------------------------------
+    @torch.no_grad()
+    def set_conditions(self, item: int, conditions: Conditions, null: Conditions | None = None) -> None:
+        """Item ``item`` is generated under ``conditions`` (and, with classifier-free guidance, contrasted with
+        ``null``). Host-side work (lookups, the cross-attention keys): call it when the item starts, not per frame."""
+        state = self._streaming_state
+        if state is None:
+            raise RuntimeError("set_conditions needs `with generator.streaming(batch_size):`")
+        if self.lm.condition_provider is None:
+            raise ValueError("this model takes no conditions")
+        if not 0 <= item < state.batch_size:
+            raise IndexError(f"item {item} is outside the streaming batch of {state.batch_size}")
+        if self.cfg and null is None:
+            raise ValueError("classifier-free guidance (cfg_coef != 1) needs the null conditions of every item")
+        items = [conditions, null] if self.cfg else [conditions]
+        total, kv = self.lm.fuse_conditions(items)
+        if total is not None:
+            state.condition_sum[item].copy_(total)
+        if kv is not None:
+            if state.cross_kv is None:  # allocated at the first item, for the whole batch
+                whole = state.parent or state
+                whole.cross_kv = torch.zeros((whole.batch_size,) + tuple(kv.shape), dtype=kv.dtype, device=kv.device)
+                whole.__post_init__()
+                if whole is not state:
+                    state.cross_kv = whole.cross_kv[: state.batch_size]
+                    state.__post_init__()
+            if kv.shape != state.cross_kv.shape[1:]:
+                raise ValueError(f"conditions give {kv.shape[-2]} cross-attention positions; this batch holds {state.cross_kv.shape[-2]}")
+            state.cross_kv[item].copy_(kv)
+
+    def _streaming_modules(self) -> Iterator[StreamingModule]:
+        if not self.cfg:
+            yield from super()._streaming_modules()
+        else:  # the LM's transformer streams on its own, two rows per item (entered by `streaming`)
+            yield self
+
+    @contextmanager
+    def streaming(self, batch_size: int = 1) -> Iterator[None]:
+        if not self.cfg:
+            with super().streaming(batch_size):
+                yield
+            return
+        with self.lm.transformer.streaming(2 * batch_size), super().streaming(batch_size):
+            yield
+
+    def reset(self, mask: torch.Tensor | None = None) -> None:
+        super().reset(mask)
+        if self.cfg:
+            self.lm.transformer.reset(None if mask is None else mask.repeat_interleave(2))
+
+    def snapshot_item(self, item: int) -> dict[str, object]:
+        if not self.cfg:
+            return super().snapshot_item(item)
+        return {"": self._streaming_state.snapshot_item(item), "lm": [self.lm.transformer.snapshot_item(2 * item + j) for j in (0, 1)]}
+
+    def restore_item(self, item: int, snap: dict[str, object]) -> None:
+        if not self.cfg:
+            return super().restore_item(item, snap)
+        self._streaming_state.restore_item(item, snap[""])
+        for j in (0, 1):
+            self.lm.transformer.restore_item(2 * item + j, snap["lm"][j])
+
+    def copy_item(self, src: int, dst: int) -> None:
+        super().copy_item(src, dst)
+        if self.cfg:
+            for j in (0, 1):
+                self.lm.transformer.copy_item(2 * src + j, 2 * dst + j)
+
+    @contextmanager
+    def rows(self, n: int) -> Iterator[None]:
+        if not self.cfg:
+            with super().rows(n):
+                yield
+            return
+        with self.lm.transformer.rows(2 * n), super().rows(n):
+            yield
+
+    def _mix(self, logits: torch.Tensor) -> torch.Tensor:
+        """[2B, ..., V] (conditioned and null rows interleaved) → [B, ..., V] guided logits."""
+        cond, null = logits[0::2], logits[1::2]
+        return null + (cond - null) * self.cfg_coef
 
     @torch.no_grad()
     def step(
@@ -126,12 +238,19 @@ class Generator(StreamingModule):
         force_mask: torch.Tensor | None = None,
         embeddings: torch.Tensor | None = None,
         embeddings_mask: torch.Tensor | None = None,
+        text_hook: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        audio_hook: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        run_depth: bool = True,
     ) -> torch.Tensor | None:
         """``user_codes`` [B, >= user_q, 1] (extra codebooks are ignored) → None while the acoustic delay
         has not passed (the first call), then [B, 1 + own_q, 1]: the model's text token and audio codes for
         the frame ``max_delay`` steps back. Items stepped fewer than ``max_delay + 1`` times since their last
         reset hold :data:`~fullduplex.lm.model.UNGENERATED_TOKEN` (-2). ``force`` / ``force_mask`` [B, K, 1] and
-        ``embeddings`` [B, 1, dim] / ``embeddings_mask`` [B]: see the module docstring."""
+        ``embeddings`` [B, 1, dim] / ``embeddings_mask`` [B]: see the module docstring. ``text_hook``: text
+        tokens [B] → the tokens the Depth Transformer and the next frames read (host work: the TTS runtime);
+        ``audio_hook``: the sampled audio codes [B, dep_q] → what the next frames read (the Depth Transformer's
+        own inputs stay its samples); ``run_depth`` False: no Depth Transformer, every audio code
+        :data:`~fullduplex.lm.model.ZERO_TOKEN` (frames before a TTS model's audio starts)."""
         state = self._streaming_state
         if state is None:
             raise RuntimeError("Generator.step needs `with generator.streaming(batch_size):`")
@@ -161,11 +280,25 @@ class Generator(StreamingModule):
         read = (offsets % columns)[:, None, None].expand(B, K, 1)
         tokens = torch.where(unseen, self.initial, cache.gather(2, read)[..., 0])  # [B, K]
 
+        conditions = tuple(
+            c.flatten(0, 1) for c in (state.condition_sum, state.cross_kv) if c is not None
+        )  # [B * C, ...] each
+        if self.lm.config.cross_attention and state.cross_kv is None:
+            raise RuntimeError("this model attends to conditions: call set_conditions(item, ...) for every item first")
+        if self.cfg:  # rows 2b (conditioned) and 2b + 1 (null) for item b
+            tokens = tokens.repeat_interleave(2, dim=0)
+            if self.cfg_no_text:
+                null_text = torch.where(unseen[:, 0], tokens[1::2, 0], torch.full_like(tokens[1::2, 0], ZERO_TOKEN))
+                tokens = torch.stack([tokens[0::2], torch.cat([null_text[:, None], tokens[1::2, 1:]], dim=1)], dim=1).flatten(0, 1)
+            if embeddings is not None:
+                embeddings, embeddings_mask = embeddings.repeat_interleave(2, dim=0), embeddings_mask.repeat_interleave(2, dim=0)
         if embeddings is None:
-            hidden, text_logits = self._graphed("temporal", self.lm.temporal)(tokens[..., None])  # [B, 1, dim], [B, 1, Vt]
+            hidden, text_logits = self._graphed("temporal", self._temporal)(tokens[..., None], *conditions)  # [B, 1, dim], [B, 1, Vt]
         else:
-            use = embeddings_mask.view(B, 1, 1).to(embeddings.device)
-            hidden, text_logits = self._graphed("temporal_embedded", self._temporal_embedded)(tokens[..., None], embeddings, use)
+            use = embeddings_mask.view(-1, 1, 1).to(embeddings.device)
+            hidden, text_logits = self._graphed("temporal_embedded", self._temporal_embedded)(tokens[..., None], embeddings, use, *conditions)
+        if self.cfg:
+            text_logits = text_logits[0::2] if self.cfg_no_text else self._mix(text_logits)
         text = sample_token(text_logits[:, 0], self.temp_text, self.top_k_text, self._rng)  # [B]
         # What the next column already holds as given (forced ahead, or delayed user codes): the Depth Transformer
         # takes those as inputs in place of its samples.
@@ -174,10 +307,14 @@ class Generator(StreamingModule):
         next_given = given[:, : 1 + cfg.dep_q].gather(2, ahead)[..., 0]
         text = torch.where(next_given[:, 0], next_tokens[:, 0], text)
         state.hidden = hidden
-        if cfg.dep_q:
+        if text_hook is not None:
+            text = text_hook(text)
+        if run_depth and cfg.dep_q:
             audio = self._graphed("depth", self._depth)(text, hidden, next_tokens[:, 1:], next_given[:, 1:])  # [B, dep_q]
-        else:
-            audio = next_tokens[:, 1:]  # [B, 0]
+        else:  # no Depth Transformer (speech-to-text: [B, 0]), or the caller's audio (TTS)
+            audio = torch.full((B, cfg.dep_q), ZERO_TOKEN, dtype=torch.long, device=text.device)
+        if audio_hook is not None:
+            audio = audio_hook(audio)
 
         offsets.add_(1)
         state.steps += 1
@@ -203,10 +340,21 @@ class Generator(StreamingModule):
             return None
         return out, self.lm.extra_head_probs(self._streaming_state.hidden)
 
-    def _temporal_embedded(self, tokens: torch.Tensor, embeddings: torch.Tensor, use: torch.Tensor):
+    def _condition_args(self, conditions: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(sum, cross keys/values) from the present ones, in :meth:`step`'s order."""
+        provider = self.lm.condition_provider
+        it = iter(conditions)
+        total = next(it) if provider is not None and provider.sum_names else None
+        cross = next(it) if provider is not None and provider.cross_names else None
+        return total, cross
+
+    def _temporal(self, tokens: torch.Tensor, *conditions: torch.Tensor):
+        return self.lm.temporal(tokens, *self._condition_args(conditions))
+
+    def _temporal_embedded(self, tokens: torch.Tensor, embeddings: torch.Tensor, use: torch.Tensor, *conditions: torch.Tensor):
         """The Temporal step with the input embeddings of items where ``use`` [B, 1, 1] replaced by ``embeddings``."""
         x = self.lm.embed(tokens)
-        return self.lm.temporal_embedded(torch.where(use, embeddings.to(x.dtype), x))
+        return self.lm.temporal_embedded(torch.where(use, embeddings.to(x.dtype), x), *self._condition_args(conditions))
 
     def _graphed(self, name: str, fn):
         """``fn``, or on CUDA its :class:`GraphedStep` for this streaming session."""
@@ -224,8 +372,11 @@ class Generator(StreamingModule):
         lm, cache = self.lm, self._streaming_state.depth_cache
         previous, out = text[:, None], []
         for k in range(self.config.dep_q):
-            x = lm.depformer.step(lm.depth_input(k, hidden, previous), k, cache)
-            token = sample_token(lm.linears[k](x)[:, 0], self.temp, self.top_k, self._rng)  # [B]
+            step_in = previous.repeat_interleave(2, dim=0) if self.cfg else previous  # [B * C, 1]
+            logits = lm.depth_logits(k, lm.depformer.step(lm.depth_input(k, hidden, step_in), k, cache))[:, 0]
+            if self.cfg:
+                logits = self._mix(logits)
+            token = sample_token(logits, self.temp, self.top_k, self._rng)  # [B]
             out.append(token)
             previous = torch.where(given[:, k], given_tokens[:, k], token)[:, None]
         return torch.stack(out, dim=1)

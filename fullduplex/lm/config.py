@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 # config.json keys that are not LM architecture (CheckpointInfo pops them) or that do not change the model.
 _NOT_ARCHITECTURE = {
-    "moshi_name", "mimi_name", "mimi_config_name", "tokenizer_name", "lora_name", "model_type", "lm_gen_config",
+    "moshi_name", "mimi_name", "mimi_config_name", "tokenizer_name", "lora_name", "lm_gen_config",
     "tts_config", "stt_config", "model_id", "depformer_causal", "causal", "lora", "lora_rank", "lora_scaling",
     "depformer_context", "gradient_checkpointing",
     "depformer_max_period",  # the Depth Transformer has no positional embedding
@@ -15,10 +15,7 @@ _NOT_ARCHITECTURE = {
 }
 # Options of moshi's LMModel that this implementation does not support: refused unless at their default.
 _UNSUPPORTED_DEFAULTS: dict[str, Any] = {
-    "conditioners": {}, "fuser": {}, "cross_attention": False, "quantize": False,
-    "demux_second_stream": False, "demux_second_text_stream": False, "depformer_low_rank_embeddings": None,
-    "depformer_weights_per_step_schedule": None, "depformer_norm": None,
-    "layer_scale": None, "depformer_layer_scale": None,
+    "quantize": False, "layer_scale": None, "depformer_layer_scale": None,
     "gating": "silu", "depformer_gating": "silu", "norm": "rms_norm_f32", "positional_embedding": "rope",
     "depformer_pos_emb": "none", "depformer_multi_linear": True, "depformer_weights_per_step": True,
 }
@@ -52,6 +49,21 @@ class LMConfig:
     bias_proj: bool = False  # biases on the output heads (``text_linear``, ``linears.{k}``)
     extra_heads_num_heads: int = 0  # small heads on the Temporal output (STT 1B: a voice-activity head)
     extra_heads_dim: int = 6
+    # Hibiki and Kyutai TTS (see lm/conditioners.py and docs/family.md): conditioners and how they are fused
+    # (moshi's config.json dicts, kept as they are), cross-attention in the Temporal Transformer, the Depth
+    # Transformer's low-rank token embeddings, shared per-step weights (codebook -> weight index) and per-step
+    # output norms, and a second text stream multiplexed into the text token.
+    conditioners: dict[str, Any] | None = field(default=None, hash=False)
+    fuser: dict[str, Any] | None = field(default=None, hash=False)
+    cross_attention: bool = False
+    depformer_low_rank_embeddings: int | None = None
+    depformer_weights_per_step_schedule: tuple[int, ...] | None = None
+    depformer_norm: str | None = None
+    demux_second_text_stream: bool = False
+    # "moshi" (dialogue), "hibiki" (translation: the loader gives EOS the PAD embedding), "tts", "stt".
+    model_type: str = "moshi"
+    # False: there is no user stream, every audio stream is the model's own (Kyutai TTS, n_q = dep_q = 32).
+    user_audio: bool = True
 
     def __post_init__(self) -> None:
         if len(self.delays) != 1 + self.n_q:
@@ -67,6 +79,24 @@ class LMConfig:
                              f"depformer_num_heads ({self.depformer_num_heads})")
         if self.dep_q < 0 or self.extra_heads_num_heads < 0:
             raise ValueError("dep_q and extra_heads_num_heads cannot be negative")
+        if self.norm_emb and (self.depformer_low_rank_embeddings or self.demux_second_text_stream):
+            raise ValueError("norm_emb together with depformer_low_rank_embeddings or demux_second_text_stream is not supported")
+        schedule = self.depformer_weights_per_step_schedule
+        if schedule is not None and (len(schedule) != self.dep_q or min(schedule) < 0):
+            raise ValueError(f"depformer_weights_per_step_schedule needs {self.dep_q} (dep_q) indexes >= 0, got {list(schedule)}")
+        if not self.user_audio and self.dep_q != self.n_q:
+            raise ValueError(f"a model without user audio generates every stream: dep_q ({self.dep_q}) must equal n_q ({self.n_q})")
+        if self.depformer_norm not in (None, "rms_norm_f32", "rms_norm", "layer_norm"):
+            raise ValueError(f"depformer_norm={self.depformer_norm!r} is not supported (rms_norm_f32, rms_norm, layer_norm)")
+        if self.cross_attention and not (self.fuser or {}).get("cross"):
+            raise ValueError("cross_attention needs a fuser with 'cross' conditions")
+        if self.conditioners:  # refuse unsupported conditioner types and fuser settings here, by name
+            import torch
+
+            from .conditioners import ConditionProvider
+
+            with torch.device("meta"):
+                ConditionProvider(self.conditioners, self.fuser, self.dim)
 
     # --- derived ------------------------------------------------------------------------------------------
     @property
@@ -75,9 +105,22 @@ class LMConfig:
         return 1 + self.n_q
 
     @property
+    def depth_weights(self) -> int:
+        """Sets of per-step weights in the Depth Transformer: ``dep_q``, or fewer when steps share them."""
+        schedule = self.depformer_weights_per_step_schedule
+        return self.dep_q if schedule is None else max(schedule) + 1
+
+    def depth_weight_index(self, k: int) -> int:
+        """The weight set depth step k uses."""
+        schedule = self.depformer_weights_per_step_schedule
+        return k if schedule is None else schedule[k]
+
+    @property
     def own_q(self) -> int:
         """Audio codebooks of the model's own voice (8 for Moshi and PersonaPlex): ``dep_q``, or ``n_q / 2`` when
         the Depth Transformer also predicts the user's codebooks (PersonaPlex: ``dep_q = n_q = 16``)."""
+        if not self.user_audio:
+            return self.n_q
         return self.dep_q if self.dep_q <= self.n_q // 2 else self.n_q // 2
 
     @property
@@ -126,11 +169,19 @@ class LMConfig:
 
         Missing fields take the moshiko (7B) values. Options this implementation does not support are refused.
         """
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls)} - {"user_audio"}
         values: dict[str, Any] = {}
+        if "tts_config" in config or config.get("model_type") == "tts":
+            values["user_audio"] = False  # TTS: all n_q streams are generated, nothing comes from a user
         for key, value in config.items():
+            if key == "demux_second_stream":  # moshi's older name (the released TTS config.json)
+                key = "demux_second_text_stream"
+            if key in ("conditioners", "fuser") and not value:
+                value = None
+            if key == "fuser" and value and value.get("prepend"):
+                raise ValueError(f"{source}: fuser 'prepend' conditions are not supported (moshi refuses them too)")
             if key in known:
-                values[key] = tuple(value) if key == "delays" else value
+                values[key] = tuple(value) if key in ("delays", "depformer_weights_per_step_schedule") and value is not None else value
             elif key in _UNSUPPORTED_DEFAULTS:
                 default = _UNSUPPORTED_DEFAULTS[key]
                 empty = value in (None, {}, []) and default in (None, {}, False, 0)
@@ -144,6 +195,13 @@ class LMConfig:
         """moshi's ``LMModel`` keyword arguments for this architecture (used to build the reference in tests)."""
         out = {k: v for k, v in asdict(self).items()}
         out["delays"] = list(self.delays)
+        out.pop("user_audio")
+        out.pop("model_type")
+        for key in ("conditioners", "fuser"):
+            if out[key] is None:
+                out.pop(key)
+        if self.depformer_weights_per_step_schedule is not None:
+            out["depformer_weights_per_step_schedule"] = list(self.depformer_weights_per_step_schedule)
         out.update(
             causal=True, layer_scale=None, gating="silu", norm="rms_norm_f32", positional_embedding="rope",
             depformer_max_period=self.max_period, depformer_gating="silu", depformer_pos_emb="none",

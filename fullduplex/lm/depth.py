@@ -1,6 +1,7 @@
 """The Depth Transformer ("depformer"): within one 80 ms frame, generates the model's codebooks one by one.
 
-Step k (0 .. dep_q - 1) has its own attention projections and feed-forward weights ("weights per step"); the
+Step k (0 .. dep_q - 1) has its own attention projections and feed-forward weights ("weights per step"), or
+shares them with other steps through a schedule (step k uses weight set ``schedule[k]``: Kyutai TTS); the
 norms are shared. Steps attend causally to the earlier steps of the same frame only: no positional embedding,
 and the cache starts empty each frame. With ``kv_repeat`` > 1 (grouped-query attention, as the reference applies
 it to the Depth Transformer too) keys and values have ``num_heads // kv_repeat`` heads.
@@ -24,39 +25,46 @@ class StepProjections(nn.Module):
     (:class:`~fullduplex.lm.quantize.QuantStepProjections`).
     """
 
-    def __init__(self, dim: int, steps: int, kv_dim: int | None = None) -> None:
+    def __init__(self, dim: int, steps: int, kv_dim: int | None = None, schedule: tuple[int, ...] | None = None) -> None:
         super().__init__()
-        self.in_proj = nn.Parameter(torch.empty(steps, dim + 2 * (dim if kv_dim is None else kv_dim), dim))
-        self.out_proj = nn.Parameter(torch.empty(steps, dim, dim))
+        self.schedule = schedule  # step -> weight set; None: one set per step
+        sets = steps if schedule is None else max(schedule) + 1
+        self.in_proj = nn.Parameter(torch.empty(sets, dim + 2 * (dim if kv_dim is None else kv_dim), dim))
+        self.out_proj = nn.Parameter(torch.empty(sets, dim, dim))
+
+    def _weights(self, weight: torch.Tensor, steps: int) -> torch.Tensor:
+        return weight[:steps] if self.schedule is None else weight[list(self.schedule[:steps])]
 
     def project_in(self, x: torch.Tensor) -> torch.Tensor:
         """All steps: [N, S, D] → [N, S, 3D], step s through its own matrix."""
-        return torch.einsum("nsd,sed->nse", x, self.in_proj[: x.shape[1]])
+        return torch.einsum("nsd,sed->nse", x, self._weights(self.in_proj, x.shape[1]))
 
     def project_out(self, x: torch.Tensor) -> torch.Tensor:
         """All steps: [N, S, D] → [N, S, D]."""
-        return torch.einsum("nsd,sed->nse", x, self.out_proj[: x.shape[1]])
+        return torch.einsum("nsd,sed->nse", x, self._weights(self.out_proj, x.shape[1]))
 
     def step_in(self, x: torch.Tensor, k: int) -> torch.Tensor:
         """Step k: [B, 1, D] → [B, 1, 3D]."""
-        return F.linear(x, self.in_proj[k])
+        return F.linear(x, self.in_proj[k if self.schedule is None else self.schedule[k]])
 
     def step_out(self, x: torch.Tensor, k: int) -> torch.Tensor:
         """Step k: [B, 1, D] → [B, 1, D]."""
-        return F.linear(x, self.out_proj[k])
+        return F.linear(x, self.out_proj[k if self.schedule is None else self.schedule[k]])
 
 
 class DepthLayer(nn.Module):
     """One layer; ``self_attn.in_proj`` [S, 3D, D] and ``self_attn.out_proj`` [S, D, D] hold one matrix per step."""
 
-    def __init__(self, dim: int, num_heads: int, dim_feedforward: int, steps: int, kv_repeat: int = 1) -> None:
+    def __init__(self, dim: int, num_heads: int, dim_feedforward: int, steps: int, kv_repeat: int = 1,
+                 schedule: tuple[int, ...] | None = None) -> None:
         super().__init__()
         self.num_heads, self.head_dim = num_heads, dim // num_heads
         self.kv_repeat, self.kv_heads = kv_repeat, num_heads // kv_repeat
         self.norm1 = RMSNorm(dim)
-        self.self_attn = StepProjections(dim, steps, self.kv_heads * self.head_dim)
+        self.self_attn = StepProjections(dim, steps, self.kv_heads * self.head_dim, schedule)
         self.norm2 = RMSNorm(dim)
-        self.gating = nn.ModuleList(GatedFFN(dim, dim_feedforward) for _ in range(steps))
+        self.weight_of = list(range(steps)) if schedule is None else list(schedule)  # step -> FFN index
+        self.gating = nn.ModuleList(GatedFFN(dim, dim_feedforward) for _ in range(max(self.weight_of) + 1))
         for weight in (self.self_attn.in_proj, self.self_attn.out_proj):  # after gating: the same random draws as before
             nn.init.normal_(weight, std=dim**-0.5)
 
@@ -69,7 +77,7 @@ class DepthLayer(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(N, S, D)
         x = x + self.self_attn.project_out(out)
         h = self.norm2(x)
-        return x + torch.stack([self.gating[s](h[:, s]) for s in range(S)], dim=1)
+        return x + torch.stack([self.gating[self.weight_of[s]](h[:, s]) for s in range(S)], dim=1)
 
     def _split(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Projected [N, S, D + 2 Dkv] → q [N, H, S, d], k and v [N, Hkv, S, d]."""
@@ -96,16 +104,16 @@ class DepthLayer(nn.Module):
         visible = (torch.arange(cache.shape[3], device=x.device) <= k).view(1, 1, 1, -1)
         out = F.scaled_dot_product_attention(q, self._repeat(cache[0]), self._repeat(cache[1]), attn_mask=visible)
         x = x + self.self_attn.step_out(out.transpose(1, 2).reshape(B, 1, D), k)
-        return x + self.gating[k](self.norm2(x))
+        return x + self.gating[self.weight_of[k]](self.norm2(x))
 
 
 class DepthTransformer(nn.Module):
     def __init__(self, dim: int, num_heads: int, num_layers: int, dim_feedforward: int, steps: int,
-                 kv_repeat: int = 1) -> None:
+                 kv_repeat: int = 1, schedule: tuple[int, ...] | None = None) -> None:
         super().__init__()
         self.steps = steps
         self.layers = nn.ModuleList(
-            DepthLayer(dim, num_heads, dim_feedforward, steps, kv_repeat) for _ in range(num_layers)
+            DepthLayer(dim, num_heads, dim_feedforward, steps, kv_repeat, schedule) for _ in range(num_layers)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

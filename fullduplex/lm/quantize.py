@@ -168,7 +168,17 @@ def quantized_embedding(value: torch.Tensor | AffineWeight, mode: str, dtype: to
 
 # --- the model ------------------------------------------------------------------------------------------
 def targets(lm: LMModel) -> dict[str, str]:
-    """Module name → "linear" | "embedding" | "steps" for every module that quantization replaces."""
+    """Module name → "linear" | "embedding" | "steps" for every module that quantization replaces. ValueError for
+    the Hibiki / Kyutai TTS options, whose layers it does not handle yet."""
+    cfg = lm.config
+    options = {"conditioners": cfg.conditioners, "cross_attention": cfg.cross_attention,
+               "depformer_low_rank_embeddings": cfg.depformer_low_rank_embeddings,
+               "depformer_weights_per_step_schedule": cfg.depformer_weights_per_step_schedule,
+               "demux_second_text_stream": cfg.demux_second_text_stream}
+    used = [name for name, value in options.items() if value]
+    if used:
+        raise ValueError(f"quantization does not handle models with {', '.join(used)} (Hibiki, Kyutai TTS) yet; "
+                         "load them without --quantize")
     found = {}
     for name, module in lm.named_modules():
         # Output heads with a bias (bias_proj), normed embeddings (norm_emb) and the small extra heads stay float.

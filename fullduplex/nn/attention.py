@@ -181,3 +181,30 @@ class StreamingSelfAttention(StreamingModule):
             mask = sliding_mask(positions[:, start:end], positions[:, lo:end], self.context)
             outs.append(F.scaled_dot_product_attention(q[:, :, start:end], k[:, :, lo:end], v[:, :, lo:end], attn_mask=mask))
         return torch.cat(outs, dim=2)
+
+
+class CrossAttention(nn.Module):
+    """Attention from a stream to a fixed set of conditions (Kyutai TTS's voice embeddings): no mask, no
+    positions. ``in_proj`` rows q | k | v (the released layout); keys and values of the conditions are computed
+    once (:meth:`keys_values`) and reused every step."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} not divisible by num_heads {num_heads}")
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.in_proj = nn.Linear(dim, 3 * dim, bias=False)
+        self.out_proj = nn.Linear(dim, dim, bias=False)
+
+    def keys_values(self, source: torch.Tensor) -> torch.Tensor:
+        """``source`` [B, Tc, D] → keys and values [2, B, H, Tc, d]."""
+        B, Tc, D = source.shape
+        kv = F.linear(source, self.in_proj.weight[D:])
+        return kv.view(B, Tc, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+
+    def forward(self, x: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        """``x`` [B, T, D], ``kv`` [2, B, H, Tc, d] → [B, T, D]."""
+        B, T, D = x.shape
+        q = F.linear(x, self.in_proj.weight[:D]).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, kv[0].to(q.dtype), kv[1].to(q.dtype))
+        return self.out_proj(out.transpose(1, 2).reshape(B, T, D))

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import StreamingSelfAttention, initial_capacity, sliding_mask
+from .attention import CrossAttention, StreamingSelfAttention, initial_capacity, sliding_mask
 from .norm import make_norm
 from .paged_kv import PagedKV, parse_kv_dtype
 from .rope import rope_frequencies, rope_rotation
@@ -69,10 +69,14 @@ class TransformerLayer(nn.Module):
         norm: str = "layer_norm",
         ffn: str = "gelu",
         kv_repeat: int = 1,
+        cross_attention: bool = False,
     ) -> None:
         super().__init__()
         self.norm1 = make_norm(norm, dim)
         self.self_attn = StreamingSelfAttention(dim, num_heads, context, kv_repeat=kv_repeat)
+        if cross_attention:  # after self-attention, before the FFN; its norm is a LayerNorm whatever `norm` is
+            self.norm_cross = nn.LayerNorm(dim, eps=1e-5)
+            self.cross_attention = CrossAttention(dim, num_heads)
         self.norm2 = make_norm(norm, dim)
         if ffn == "gelu":
             self.linear1 = nn.Linear(dim, dim_feedforward, bias=False)
@@ -99,8 +103,14 @@ class TransformerLayer(nn.Module):
         mask: torch.Tensor | None = None,
         store=None,
         read: torch.Tensor | None = None,
+        cross_kv: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``cross_kv`` [2, B, H, Tc, d]: keys and values of the conditions (layers with cross-attention)."""
         x = x + self.layer_scale_1(self.self_attn(self.norm1(x), positions, rotation, slots, mask, store, read))
+        if hasattr(self, "cross_attention"):
+            if cross_kv is None:
+                raise ValueError("this layer has cross-attention: give the conditions' keys and values")
+            x = x + self.cross_attention(self.norm_cross(x), cross_kv)
         return x + self.layer_scale_2(self._ffn(self.norm2(x)))
 
 
@@ -173,12 +183,13 @@ class StreamingTransformer(StreamingModule):
         ffn: str = "gelu",
         conv_layout: bool = False,
         kv_repeat: int = 1,
+        cross_attention: bool = False,
     ) -> None:
         super().__init__()
         self.conv_layout = conv_layout
         self.context = context
         self.layers = nn.ModuleList(
-            TransformerLayer(dim, num_heads, dim_feedforward, context, layer_scale, norm, ffn, kv_repeat)
+            TransformerLayer(dim, num_heads, dim_feedforward, context, layer_scale, norm, ffn, kv_repeat, cross_attention)
             for _ in range(num_layers)
         )
         self.head_dim = dim // num_heads
@@ -271,7 +282,14 @@ class StreamingTransformer(StreamingModule):
         index.positions = whole.positions[: index.batch_size]
         index.write.fill_(index.filled)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def cross_keys_values(self, source: torch.Tensor) -> torch.Tensor:
+        """Keys and values of every layer's cross-attention for conditions ``source`` [B, Tc, D]:
+        [B, L, 2, H, Tc, d] (items first, so a generator keeps them per item)."""
+        return torch.stack([layer.cross_attention.keys_values(source) for layer in self.layers], dim=0).permute(2, 0, 1, 3, 4, 5)
+
+    def forward(self, x: torch.Tensor, cross_kv: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` [B, T, D] (or [B, D, T]); ``cross_kv`` [B, L, 2, H, Tc, d] from :meth:`cross_keys_values`, for
+        transformers with cross-attention."""
         if self.conv_layout:
             x = x.transpose(1, 2)  # [B, D, T] -> [B, T, D]
         B, T, _ = x.shape
@@ -303,6 +321,8 @@ class StreamingTransformer(StreamingModule):
             mask = sliding_mask(positions, index.positions[:, :used], self.context)  # [B, 1, T, used], all layers
         rotation = None if self.rope_freqs is None else rope_rotation(positions, self.rope_freqs)
         paged = isinstance(index, PagedKV)
+        layer_kv = None if cross_kv is None else cross_kv.transpose(0, 1)  # [L, B, 2, ...]
         for i, layer in enumerate(self.layers):
-            x = layer(x, positions, rotation, slots, mask, index.stores[i] if paged else None, read)
+            kv = None if layer_kv is None else layer_kv[i].transpose(0, 1)  # [2, B, H, Tc, d]
+            x = layer(x, positions, rotation, slots, mask, index.stores[i] if paged else None, read, kv)
         return x.transpose(1, 2) if self.conv_layout else x
