@@ -169,7 +169,7 @@ class LMConfig:
 
         Missing fields take the moshiko (7B) values. Options this implementation does not support are refused.
         """
-        known = {f.name for f in fields(cls)} - {"user_audio"}
+        known = {f.name for f in fields(cls)}  # user_audio: our own to_dict(); moshi's files imply it (below)
         values: dict[str, Any] = {}
         if "tts_config" in config or config.get("model_type") == "tts":
             values["user_audio"] = False  # TTS: all n_q streams are generated, nothing comes from a user

@@ -126,6 +126,13 @@ def test_data_synth_with_kyutai_tts(files, tmp_path, capsys):
         words = read_alignments(entry.path.with_suffix(".json"), duration=stereo.shape[-1] / 24000)
         assert words and abs(entry.duration - stereo.shape[-1] / 24000) < 1e-3
     assert "kyutai-tts" in capsys.readouterr().out
+    # ... and `data prepare` turns it into training shards, nothing skipped.
+    from fullduplex.data.prepare import prepare
+    from fullduplex.text import TextTokenizer
+
+    mimi = fd.load_mimi(files["mimi"], config=mimi_preset("tiny"))
+    report = prepare(out / "manifest.jsonl", mimi, TextTokenizer.load(files["tokenizer"]), tmp_path / "shards", quiet=True)
+    assert report.conversations == 1 and report.frames > 0 and not report.skipped
     code = main(["data", "synth", "--engine", "kyutai-tts", "--lang", "hi", "--dialogues", "1", "--output",
                  str(tmp_path / "hi"), "--tts", str(folder), "--tts-voices", voices])
     assert_one_line_error(code, capsys.readouterr().err, "English")
