@@ -78,8 +78,17 @@ def main() -> None:
     parser.add_argument("--mimi-config", default="mimi", help="Mimi preset: mimi (the released size) or tiny")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default: cpu)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
+    parser.add_argument("--chunk", type=int, nargs=2, metavar=("FRAMES", "CHANNEL_FRAMES"),
+                        help="override the Mimi call size of this device (frames per call, channel-frames per call); "
+                             "e.g. 250 4000 for the GPU's 20 s calls on a CPU")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.chunk:
+        from fullduplex.data import prepare as prepare_module
+
+        names = ("CPU_CHUNK_FRAMES", "CPU_CHUNK_ROWS_FRAMES") if args.device == "cpu" else ("CHUNK_FRAMES", "CHUNK_ROWS_FRAMES")
+        for name, value in zip(names, args.chunk, strict=True):
+            setattr(prepare_module, name, value)
     device = torch.device(args.device)
 
     with tempfile.TemporaryDirectory(prefix="prepare-bench-") as tmp:

@@ -140,9 +140,10 @@ def register(subparsers: Any) -> None:
     prep.add_argument("--shard-size", type=positive_int, default=64, metavar="N",
                       help="items per shard: N conversations, N/2 with --both-sides, fewer where some are skipped "
                       "(default: 64)")
-    prep.add_argument("--batch-size", type=positive_int, default=8, metavar="N",
+    prep.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
                       help="conversations per Mimi call, sorted by length (the shards are the same for any N; "
-                      "memory grows with it; default: 8)")
+                      "memory grows with it; default: 16 on a GPU, 1 on a CPU, where batching is slower: "
+                      "docs/data-preparation.md)")
     add_part_arguments(prep)
     add_mimi_arguments(prep)
     prep.set_defaults(func=prepare_command)
@@ -258,7 +259,8 @@ def prepare_command(args: argparse.Namespace) -> int:
     mimi.num_codebooks = 8
     options = PrepareOptions(
         policy=args.policy, both_sides=args.both_sides, shard_size=args.shard_size, spaced=not args.no_spaces,
-        alignments=Path(args.alignments) if args.alignments else None, batch_size=args.batch_size,
+        alignments=Path(args.alignments) if args.alignments else None,
+        batch_size=args.batch_size or (1 if next(mimi.parameters()).device.type == "cpu" else 16),
     )
     meta = {"tokenizer": tokenizer.path.name if tokenizer.path else None, "mimi": weight.name,
             "fullduplex_version": __version__}

@@ -185,7 +185,8 @@ def test_split_is_deterministic_and_balanced():
 
 def test_batched_encoding_equals_one_at_a_time(models, monkeypatch):
     mimi = fd.load_mimi(models["mimi"], config=mimi_preset("tiny"), num_codebooks=8)
-    monkeypatch.setattr(prepare_module, "CHUNK_FRAMES", 4)  # streamed in chunks of 4 frames: short audio crosses them
+    for name in ("CHUNK_FRAMES", "CPU_CHUNK_FRAMES"):  # streamed in chunks of 4 frames: short audio crosses them
+        monkeypatch.setattr(prepare_module, name, 4)
     torch.manual_seed(3)
     # lengths in whole frames and not, over several chunks, and one of a single sample
     wavs = [0.3 * torch.randn(2, n) for n in (1920 * 7 + 5, 1920 * 13 + 11, 1, 1920 * 3, 1920 * 8)]
