@@ -19,6 +19,7 @@ from fullduplex.server import protocol
 from fullduplex.server.app import Server, ServerConfig
 from fullduplex.text import train_tokenizer
 from tests.helpers import speech
+from tests.inference.test_engine import run_sessions
 
 GREEDY = Sampling(temp=0, temp_text=0)
 STT = LMConfig(
@@ -52,17 +53,8 @@ def alone(models, wav: torch.Tensor) -> list[int | None]:
 def test_engine_steps_stt_sessions_together(models):
     mimi, lm, _ = models
     inputs = {0: speech(1.0), 1: speech(0.8).flip(-1) * 0.5}
-    joins = {0: 0, 1: 3}
-    sessions, outputs = {}, {k: [] for k in inputs}
     with Engine(mimi, lm, GREEDY, max_sessions=3) as engine:
-        for tick in range(14):
-            for k, at in joins.items():
-                if at == tick:
-                    sessions[k] = engine.open()
-                    sessions[k].push(inputs[k][0])
-            engine.step()
-            for k, s in sessions.items():
-                outputs[k] += s.pop_outputs()
+        _, outputs = run_sessions(engine, inputs, joins={0: 0, 1: 3}, ticks=14)
     for k, wav in inputs.items():
         want = alone(models, wav)
         got = outputs[k][: len(want)]
