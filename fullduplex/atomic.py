@@ -95,6 +95,25 @@ def atomic_output(target: str | os.PathLike[str]) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+@contextmanager
+def atomic_outputs() -> Iterator[Callable[[str | os.PathLike[str]], Path]]:
+    """Several files, all or none: ``stage(target)`` gives a temporary beside ``target`` to write; when the block
+    ends without error each replaces its target (in the order staged), on failure every temporary is removed."""
+    staged: list[tuple[Path, Path]] = []
+
+    def stage(target: str | os.PathLike[str]) -> Path:
+        staged.append((temporary_beside(Path(target)), Path(target)))
+        return staged[-1][0]
+
+    try:
+        yield stage
+        for tmp, target in staged:
+            publish(tmp, target)
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+
+
 def check_file_targets(targets: Iterable[Path], overwrite: bool, what: str = "") -> None:
     """Refuse to replace existing files without ``--overwrite`` (for commands that add named files to a folder
     and leave its other files alone: eval reports, ``tokenizer train``)."""

@@ -155,7 +155,7 @@ def seed_as_moshi(mimi: torch.nn.Module, lm: torch.nn.Module, device: torch.devi
 
 
 def run(args: argparse.Namespace) -> int:
-    from .atomic import publish, temporary_beside
+    from .atomic import atomic_outputs
     from .cli.models import load_models
     from .codec.audio import write_wav
     from .inference.generator import Generator
@@ -208,17 +208,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     model = torch.cat(audio, dim=-1)  # [B, 1, S]
     targets = [out] if batch == 1 else [out.with_name(f"{out.stem}-{b}{out.suffix}") for b in range(batch)]
-    staged: list[Path] = []
-    try:
+    with atomic_outputs() as stage:
         for target, wav in zip(targets, model, strict=True):
-            staged.append(temporary_beside(target))
-            write_wav(staged[-1], wav, mimi.sample_rate)
-        for tmp, target in zip(staged, targets, strict=True):
-            publish(tmp, target)
-            log("info", f"wrote {target} with duration {model.shape[-1] / mimi.sample_rate:.1f} sec.")
-    finally:
-        for tmp in staged:
-            tmp.unlink(missing_ok=True)
+            write_wav(stage(target), wav, mimi.sample_rate)
+    for target in targets:
+        log("info", f"wrote {target} with duration {model.shape[-1] / mimi.sample_rate:.1f} sec.")
     return 0
 
 

@@ -44,6 +44,36 @@ def randomize_(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
     return model
 
 
+def random_reference_lm(kwargs: dict, seed: int = 1) -> torch.nn.Module:
+    """The reference's ``LMModel`` (moshi 0.2.13, the test oracle) of ``kwargs`` with every weight counting: the
+    default initialisation leaves norms at one, biases at zero and paddings small, to which parity tests are blind."""
+    from moshi.models import loaders
+
+    torch.manual_seed(seed)
+    model = loaders.get_moshi_lm(None, kwargs, device="cpu", dtype=torch.float32)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("alpha", "norm.weight", "norm_cross.weight")) or name.startswith("depformer_norms."):
+                p.copy_(torch.rand_like(p) + 0.5)
+            elif name.endswith("bias"):
+                p.copy_(torch.randn_like(p) * 0.5)
+            elif name.endswith("learnt_padding"):
+                p.copy_(torch.randn_like(p))
+    return model.eval()
+
+
+def write_released_lm(model: torch.nn.Module, config: dict, folder: Path) -> Path:
+    """A model folder as released: ``model.safetensors`` in the reference's names and ``config.json``."""
+    import json
+
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
 def assert_one_line_error(code: int, err: str, *needles: str) -> None:
     """A CLI failure as users should see it: exit status 2, one ``error:`` line holding ``needles``, no traceback."""
     assert code == 2

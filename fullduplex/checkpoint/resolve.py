@@ -74,6 +74,26 @@ def read_config_json(path: Path) -> dict:
     return config
 
 
+def named_model(spec: str | Path, option: str = "--model") -> tuple[Path | None, str | None, dict]:
+    """A whole model named in one word: a folder holding its files (``config.json`` naming them, as released;
+    ``file://`` accepted) or a Hugging Face repo (``OWNER/NAME`` or ``hf://OWNER/NAME``). Returns (the folder or
+    None, the repo or None, the folder's ``config.json`` or {}: a repo's is read with :func:`repo_config`).
+    :func:`model_file` names the folder's LM, Mimi and tokenizer files."""
+    folder = Path(str(spec).removeprefix("file://")).expanduser()
+    if folder.is_dir():
+        return folder, None, read_config_json(folder / "config.json") if (folder / "config.json").is_file() else {}
+    repo = str(spec).removeprefix("hf://").strip("/")
+    if len(repo.split("/")) != 2 or not all(repo.split("/")):
+        raise CheckpointError(f"{option} {spec}: no such folder, and not a Hugging Face repo (OWNER/NAME)")
+    return None, repo, {}
+
+
+def model_file(folder: Path, config: dict, key: str, default: str) -> Path:
+    """A file of a model folder: the name its ``config.json`` gives under ``key`` (``mimi_name``,
+    ``tokenizer_name``), else ``default``."""
+    return folder / (config.get(key) or default)
+
+
 def repo_file_name(repo: str, key: str, default: str) -> tuple[str, bool]:
     """(the file name a repo's ``config.json`` gives under ``key``, e.g. ``mimi_name``, else ``default``;
     whether the hub is worth trying for further files)."""

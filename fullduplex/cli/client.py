@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from yarl import URL
 
-from ..atomic import publish, temporary_beside
+from ..atomic import atomic_outputs
 from ..codec.audio import read_audio_info
 from ..errors import FullduplexError
 from ..inference.offline import write_stereo_wav
@@ -375,11 +375,11 @@ def client_command(args: argparse.Namespace) -> int:
         print(f"latency (input frame sent -> the server's audio for it received): p50 {stats['p50']:.1f} ms, "
               f"p95 {stats['p95']:.1f} ms, p99 {stats['p99']:.1f} ms over {len(result.latency)} frames; "
               f"{result.late_frames} late frame(s) filled with silence", file=sys.stderr)
-    staged: list[tuple[Path, Path, str]] = []
-    try:
+    written: list[tuple[Path, str]] = []
+    with atomic_outputs() as stage:
         if output is not None:
-            staged.append((temporary_beside(output), output, f"stereo audio, {duration:.2f} s (left: server, right: input)"))
-            write_stereo_wav(staged[-1][0], torch.from_numpy(np.stack([result.left, pcm])), SAMPLE_RATE)
+            write_stereo_wav(stage(output), torch.from_numpy(np.stack([result.left, pcm])), SAMPLE_RATE)
+            written.append((output, f"stereo audio, {duration:.2f} s (left: server, right: input)"))
         if transcript is not None:
             found = words(result.pieces, duration)
             content = {
@@ -388,13 +388,8 @@ def client_command(args: argparse.Namespace) -> int:
                 "latency_ms": {**stats, "frames": len(result.latency), "late_frames": result.late_frames,
                                "mode": "fast" if args.fast else "real-time"},
             }
-            staged.append((temporary_beside(transcript), transcript, f"transcript, {len(found)} words"))
-            staged[-1][0].write_text(json.dumps(content, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        for tmp, target, _ in staged:
-            publish(tmp, target)
-    finally:
-        for tmp, _, _ in staged:
-            tmp.unlink(missing_ok=True)
-    for _, target, what in staged:
+            stage(transcript).write_text(json.dumps(content, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+            written.append((transcript, f"transcript, {len(found)} words"))
+    for target, what in written:
         print(f"wrote {what} to {target}")
     return 0

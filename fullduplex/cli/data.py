@@ -216,7 +216,7 @@ def annotate_command(args: argparse.Namespace) -> int:
     device, index = args.device, 0
     local = local_device()
     if local is not None and args.device in ("auto", "cuda"):
-        device, index = "cuda", local.index or 0
+        device, index = "cuda", local.index
     transcriber = None
     if todo and args.engine == "faster-whisper":
         transcriber = FasterWhisper(args.model, device, args.compute_type, args.batch_size, index)
@@ -259,8 +259,7 @@ def prepare_command(args: argparse.Namespace) -> int:
     mimi.num_codebooks = 8
     options = PrepareOptions(
         policy=args.policy, both_sides=args.both_sides, shard_size=args.shard_size, spaced=not args.no_spaces,
-        alignments=Path(args.alignments) if args.alignments else None,
-        batch_size=args.batch_size or (1 if next(mimi.parameters()).device.type == "cpu" else 16),
+        alignments=Path(args.alignments) if args.alignments else None, batch_size=args.batch_size,
     )
     meta = {"tokenizer": tokenizer.path.name if tokenizer.path else None, "mimi": weight.name,
             "fullduplex_version": __version__}
@@ -293,7 +292,7 @@ def merge_command(args: argparse.Namespace) -> int:
 
 
 def synth_command(args: argparse.Namespace) -> int:
-    if getattr(args, "engine", "espeak-ng") == "kyutai-tts":
+    if args.engine == "kyutai-tts":
         from .speak import synth_corpus_tts
 
         return synth_corpus_tts(args)

@@ -24,9 +24,11 @@ from .codec import mimi_config_from_arg, resolve_device
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, seed_help: str = "random seed (default: 4242)") -> Any:
+def add_model_arguments(parser: argparse.ArgumentParser, seed_help: str = "random seed (default: 4242)",
+                        cfg_help: str | None = None) -> Any:
     """The ``checkpoint``, ``sampling`` and ``run`` option groups (``--hf-repo`` ... ``--dtype``); returns the
-    ``run`` group, for the command's own run options."""
+    ``run`` group, for the command's own run options. ``cfg_help``: the command runs conditioned models (Hibiki,
+    TTS), whose ``--cfg-coef`` it explains so (checked against the loaded model); without it, only 1.0."""
     ckpt = parser.add_argument_group(
         "checkpoint", "with none of these options, the small demo model bundled with fullduplex is used; "
         f"--hf-repo {DEFAULT_REPO} loads the released Moshi")
@@ -67,8 +69,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, seed_help: str = "rando
     sampling.add_argument("--top-k-text", type=int, default=None, help="text top-k (default: 25)")
     sampling.add_argument("--seed", type=int, default=4242, help=seed_help)
     sampling.add_argument("--cfg-coef", type=float, default=1.0, metavar="C",
-                          help="classifier-free guidance (moshi's flag): only 1.0 (none) here, as the dialogue "
-                          "models have no conditioning")
+                          help=cfg_help or "classifier-free guidance (moshi's flag): only 1.0 (none) here, as the "
+                          "dialogue models have no conditioning")
+    if cfg_help is not None:
+        parser.set_defaults(conditioned=True)
     run = parser.add_argument_group("run")
     run.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)")
     run.add_argument(

@@ -112,12 +112,9 @@ def register(subparsers: Any) -> None:
     personas.add_argument("--persona-cache-mb", type=float, default=1024.0, metavar="MB",
                           help="memory for cached persona states, least recently used dropped first (default: 1024; "
                                "per device with --devices)")
-    add_model_arguments(parser)
-    for action in parser._actions:  # the shared --cfg-coef: a Hibiki model takes it
-        if action.dest == "cfg_coef":
-            action.help = ("classifier-free guidance for Hibiki (towards its \"very_good\" description; 1 is none, "
-                           "above 1 costs twice the compute); the dialogue models take only 1.0")
-    parser.set_defaults(func=serve_command, conditioned=True)  # --cfg-coef: checked against the model (Hibiki)
+    add_model_arguments(parser, cfg_help="classifier-free guidance for Hibiki (towards its \"very_good\" description; 1 "
+                        "is none, above 1 costs twice the compute); the dialogue models take only 1.0")
+    parser.set_defaults(func=serve_command)
 
 
 def ssl_context(folder: str | None) -> ssl.SSLContext | None:

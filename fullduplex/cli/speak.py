@@ -47,11 +47,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--output", "-o", required=True, metavar="OUT.wav", help="the audio; word times go to OUT.json")
     parser.add_argument("--max-seconds", type=float, default=120.0, metavar="S",
                         help="stop after this much generated audio (default 120)")
-    add_model_arguments(parser, seed_help="random seed (default: 4242)")
-    for action in parser._actions:
-        if action.dest == "cfg_coef":
-            action.help = "guidance strength (the model's cfg condition, e.g. 2.0; 1 is none)"
-    parser.set_defaults(func=speak_command, conditioned=True)
+    add_model_arguments(parser, cfg_help="guidance strength (the model's cfg condition, e.g. 2.0; 1 is none)")
+    parser.set_defaults(func=speak_command)
 
 
 def make_tts(models, tts_config: dict, cfg_coef: float):
@@ -156,9 +153,10 @@ def speak_turns(tts, mimi, turns: list[str], voices: list[torch.Tensor], max_sec
     speech = render(tts, result, mimi, 0)
     audio = speech.audio  # [1, S]
     if len(voices) == 2:  # each channel: its speaker's turns (from a turn's first word to the other's next word)
-        owner = torch.zeros(audio.shape[-1], dtype=torch.long)
-        for _, start, _, speaker in speech.words:
-            owner[int(start * mimi.sample_rate) :] = speaker
+        owner, current = torch.zeros(audio.shape[-1], dtype=torch.long), 0
+        for _, start, _, speaker in speech.words:  # words in time order: only a change of speaker writes
+            if speaker != current:
+                owner[int(start * mimi.sample_rate) :], current = speaker, speaker
         audio = torch.cat([audio * (owner == 0), audio * (owner == 1)], dim=0)  # [2, S]
     labels = (LEFT_SPEAKER, RIGHT_SPEAKER)
     words = [AlignedWord(t, s, e, labels[spk]) for t, s, e, spk in speech.words]

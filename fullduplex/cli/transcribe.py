@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..atomic import check_file_targets, publish, temporary_beside
+from ..atomic import atomic_outputs, check_file_targets
 from ..errors import FullduplexError
-from ..inference.offline import Sampling, read_inputs
+from ..inference.offline import read_inputs
 from ..inference.transcribe import SttConfig, check_stt_model, framed_frames, transcribe
 from .codec import positive_int, progress
 from .models import add_model_arguments, load_models, model_config_json, wants_demo
@@ -72,22 +73,18 @@ def apply_model_option(args: argparse.Namespace) -> None:
     given = [name for name in ("hf_repo", "moshi_weight", "mimi_weight", "tokenizer") if getattr(args, name)]
     if given:
         raise FullduplexError(f"--model and --{given[0].replace('_', '-')} both name the model; give one of them")
-    folder = Path(str(spec).removeprefix("file://")).expanduser()
-    if folder.is_dir():
-        from ..checkpoint.resolve import MIMI_NAME, read_config_json
-        from ..text.tokenizer import TOKENIZER_NAME
-
-        raw = read_config_json(folder / "config.json") if (folder / "config.json").is_file() else {}
-        args.moshi_weight = str(folder)
-        args.mimi_weight = str(folder / (raw.get("mimi_name") or MIMI_NAME))
-        args.tokenizer = str(folder / (raw.get("tokenizer_name") or TOKENIZER_NAME))
-        return
-    if str(spec) == "demo":
+    if str(spec) == "demo" and not Path(spec).is_dir():
         raise FullduplexError(DEMO_REFUSAL)
-    repo = str(spec).removeprefix("hf://").strip("/")
-    if len(repo.split("/")) != 2 or not all(repo.split("/")):
-        raise FullduplexError(f"--model {spec}: no such folder, and not a Hugging Face repo (OWNER/NAME)")
-    args.hf_repo = repo
+    from ..checkpoint.resolve import MIMI_NAME, model_file, named_model
+    from ..text.tokenizer import TOKENIZER_NAME
+
+    folder, repo, raw = named_model(spec)
+    if folder is None:
+        args.hf_repo = repo
+        return
+    args.moshi_weight = str(folder)
+    args.mimi_weight = str(model_file(folder, raw, "mimi_name", MIMI_NAME))
+    args.tokenizer = str(model_file(folder, raw, "tokenizer_name", TOKENIZER_NAME))
 
 
 def transcribe_command(args: argparse.Namespace) -> int:
@@ -112,15 +109,13 @@ def transcribe_command(args: argparse.Namespace) -> int:
     check_stt_model(models.lm, str(models.lm_path))
     stt = SttConfig.from_config(raw, source)
     wavs = read_inputs(inputs, models.mimi.sample_rate)
-    s = models.sampling
-    sampling = Sampling(temp=0.0, temp_text=s.temp_text, top_k=s.top_k, top_k_text=s.top_k_text, seed=s.seed)
+    sampling = replace(models.sampling, temp=0.0)
     frame = models.mimi.frame_size
     total = sum(framed_frames(w.shape[-1], stt, models.mimi.sample_rate, frame) for w in wavs)
     with progress(total, "transcribe", args.quiet) as bar:
         results = transcribe(wavs, models.mimi, models.lm, models.tokenizer, stt, args.batch_size, sampling, bar.update)
     output.mkdir(parents=True, exist_ok=True)
-    staged = []
-    try:
+    with atomic_outputs() as stage:
         for path, name, result in zip(inputs, names, results, strict=True):
             record = {
                 "input": str(path), "duration": round(result.duration, 4), "frame_rate": models.mimi.frame_rate,
@@ -129,14 +124,7 @@ def transcribe_command(args: argparse.Namespace) -> int:
             }
             for target, content in ((output / f"{name}.json", json.dumps(record, ensure_ascii=False, indent=1) + "\n"),
                                     (output / f"{name}.txt", result.text + "\n")):
-                tmp = temporary_beside(target)
-                staged.append((tmp, target))
-                tmp.write_text(content, encoding="utf-8")
-        for tmp, target in staged:
-            publish(tmp, target)
-    finally:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
+                stage(target).write_text(content, encoding="utf-8")
     for name in names:
         print(output / f"{name}.json")
     return 0

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..atomic import check_file_targets, publish, temporary_beside
+from ..atomic import atomic_outputs, check_file_targets
 from ..codec.audio import write_wav
 from ..codec.config import MimiConfig
 from ..errors import FullduplexError
@@ -55,12 +55,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace outputs of the same names in DIR")
     parser.add_argument("--tail", type=float, default=10.0, metavar="SECONDS",
                         help="after the source, wait at most this long for the end of the translation (default 10)")
-    run = add_model_arguments(parser, seed_help="random seed, per batch (default: 4242)")
+    run = add_model_arguments(
+        parser, seed_help="random seed, per batch (default: 4242)",
+        cfg_help="classifier-free guidance towards the \"very_good\" description: 1 is none (default); above 1 "
+        "steers harder at twice the compute",
+    )
     run.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="inputs run together (default: 8)")
-    for action in parser._actions:  # the shared --cfg-coef: here Hibiki's description conditioner takes it
-        if action.dest == "cfg_coef":
-            action.help = "classifier-free guidance towards the \"very_good\" description: 1 is none (default); above 1 steers harder at twice the compute"
-    parser.set_defaults(func=translate_command, conditioned=True)
+    parser.set_defaults(func=translate_command)
 
 
 def translate_command(args: argparse.Namespace) -> int:
@@ -91,24 +92,14 @@ def translate_command(args: argparse.Namespace) -> int:
         results = translate(wavs, mimi, models.lm, models.tokenizer, models.sampling, args.cfg_coef, args.batch_size,
                             args.tail, bar.update)
     out.mkdir(parents=True, exist_ok=True)
-    staged: list[tuple[Path, Path]] = []
-    try:
+    with atomic_outputs() as stage:
         for path, name, result in zip(args.input, names, results, strict=True):
-            wav = temporary_beside(out / f"{name}.wav")
-            staged.append((wav, out / f"{name}.wav"))
-            write_wav(wav, result.audio, result.sample_rate)
-            meta = temporary_beside(out / f"{name}.json")
-            staged.append((meta, out / f"{name}.json"))
+            write_wav(stage(out / f"{name}.wav"), result.audio, result.sample_rate)
             words = [{"text": w.text, "start": w.start, "end": w.end} for w in result.words]
-            meta.write_text(json.dumps({
+            stage(out / f"{name}.json").write_text(json.dumps({
                 "input": path, "text": result.text, "finished": result.finished,
                 "duration": result.audio.shape[-1] / result.sample_rate, "frame_rate": mimi.frame_rate, "words": words,
             }, ensure_ascii=False, indent=1) + "\n")
-        for tmp, target in staged:
-            publish(tmp, target)
-    finally:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
     for name, result in zip(names, results, strict=True):
         state = "" if result.finished else " (no end of sequence within --tail)"
         print(f"{out / name}.wav: {result.audio.shape[-1] / result.sample_rate:.2f} s, {len(result.words)} words{state}")

@@ -19,6 +19,7 @@ from ..atomic import check_output_folder, folder_output
 from ..errors import FullduplexError
 from .prepare import (
     IDENTITY_WORDS,
+    PART_NAME,
     PREPARED,
     PrepareReport,
     part_options,
@@ -37,7 +38,7 @@ def find_parts(sources: Sequence[str | os.PathLike[str]]) -> list[Path]:
         if not path.is_dir():
             raise FullduplexError(f"{path}: no such folder; give the part folders `data prepare --num-shards` wrote "
                                   "(OUT/part-00000-of-00008 ...) or the OUT folder holding them")
-        if (path / "part.json").is_file():
+        if (path / PART_NAME).is_file():
             folders.append(path)
             continue
         found = sorted(p for p in path.glob("part-*-of-*") if p.is_dir())

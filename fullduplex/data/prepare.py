@@ -35,7 +35,7 @@ import math
 import re
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +83,7 @@ class PrepareOptions:
     shard_size: int = 64
     spaced: bool = True
     alignments: Path | None = None
-    batch_size: int = 8
+    batch_size: int | None = None  # None: 1 on a CPU, 16 on a GPU (see default_batch_size)
 
     @property
     def sides(self) -> tuple[str, ...]:
@@ -115,14 +115,14 @@ class GroupRecord:
     shard: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "text": asdict(self.text), "skipped": [p.to_dict() for p in self.skipped]}
+        return {**asdict(self), "skipped": [p.to_dict() for p in self.skipped]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GroupRecord:
         return cls(
             group=int(data["group"]), seconds=[float(s) for s in data["seconds"]], speakers=list(data["speakers"]),
             items=int(data["items"]), frames=int(data["frames"]), text=AlignStats(**data["text"]),
-            skipped=[Problem(p["file"], p["reason"], p["line"]) for p in data["skipped"]], shard=data["shard"],
+            skipped=[Problem(**p) for p in data["skipped"]], shard=data["shard"],
         )
 
 
@@ -305,6 +305,12 @@ def _problem(manifest: Path, entry: ManifestEntry, error: Exception) -> Problem:
     return Problem(str(manifest), " ".join(str(error).split()), entry.line)
 
 
+def default_batch_size(mimi: Mimi) -> int:
+    """Conversations per Mimi call when none is asked: 16 on a GPU; 1 on a CPU, where batching is slower
+    (docs/data-preparation.md, "Throughput")."""
+    return 1 if next(mimi.parameters()).device.type == "cpu" else 16
+
+
 def prepare_groups(
     todo: Sequence[int], groups: Sequence[Sequence[ManifestEntry]], mimi: Mimi, tokenizer: TextTokenizer,
     options: PrepareOptions, manifest: Path, folder: Path, shard_meta: dict[str, Any], quiet: bool = False,
@@ -312,6 +318,8 @@ def prepare_groups(
     """Prepare the groups numbered ``todo`` (in that order) into ``folder``, yielding each group's record once
     its shard is written. Batches of ``options.batch_size`` conversations, sorted by length within a window of
     about :data:`WINDOW_BATCHES` batches of consecutive groups, share one Mimi call."""
+    if options.batch_size is None:
+        options = replace(options, batch_size=default_batch_size(mimi))
     total = sum(len(groups[g]) for g in todo)
     bar = tqdm(total=total, desc="prepare", unit="conversation", file=sys.stderr, disable=True if quiet else None)
     window: list[int] = []
@@ -424,7 +432,7 @@ def _check_inputs(mimi: Mimi, options: PrepareOptions) -> None:
         raise FullduplexError(f"Mimi must give {NUM_CODEBOOKS} codebooks per channel, it gives {mimi.num_codebooks}")
     if options.shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {options.shard_size}")
-    if options.batch_size < 1:
+    if options.batch_size is not None and options.batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {options.batch_size}")
 
 
@@ -603,5 +611,5 @@ def part_options(identity: dict[str, Any]) -> PrepareOptions:
 
 
 def part_problems(info: dict[str, Any]) -> list[Problem]:
-    return [Problem(p["file"], p["reason"], p["line"]) for p in info["manifest_problems"]]
+    return [Problem(**p) for p in info["manifest_problems"]]
 

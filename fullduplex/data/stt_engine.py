@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from ..codec.audio import resample
-from ..errors import FullduplexError
 from ..text.tokenizer import TextTokenizer, Word
 
 
@@ -37,23 +36,19 @@ class KyutaiStt:
         (``OWNER/NAME`` or ``hf://OWNER/NAME``); ``device`` ``auto`` (CUDA when present), ``cpu``, ``cuda``..."""
         from ..checkpoint.lm import load_lm
         from ..checkpoint.mimi import load_mimi
-        from ..checkpoint.resolve import MIMI_NAME, read_config_json, repo_config
+        from ..checkpoint.resolve import MIMI_NAME, model_file, named_model, repo_config
         from ..codec.config import MimiConfig
         from ..inference.transcribe import SttConfig
         from ..text.tokenizer import TOKENIZER_NAME
 
         device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-        folder = Path(str(model).removeprefix("file://")).expanduser()
-        if folder.is_dir():
-            raw = read_config_json(folder / "config.json") if (folder / "config.json").is_file() else {}
+        folder, repo, raw = named_model(model)
+        if folder is not None:
             lm_spec: str | Path = folder
-            mimi_spec: str | Path = folder / (raw.get("mimi_name") or MIMI_NAME)
-            tok_spec: str | Path = folder / (raw.get("tokenizer_name") or TOKENIZER_NAME)
+            mimi_spec: str | Path = model_file(folder, raw, "mimi_name", MIMI_NAME)
+            tok_spec: str | Path = model_file(folder, raw, "tokenizer_name", TOKENIZER_NAME)
             source = str(folder / "config.json")
         else:
-            repo = str(model).removeprefix("hf://").strip("/")
-            if len(repo.split("/")) != 2 or not all(repo.split("/")):
-                raise FullduplexError(f"--model {model}: no such folder, and not a Hugging Face repo (OWNER/NAME)")
             raw = repo_config(repo)[0] or {}
             lm_spec = mimi_spec = tok_spec = f"hf://{repo}"
             source = f"{repo}/config.json"

@@ -69,8 +69,9 @@ class GeneratorState(StreamingState):
     # The depth cache is scratch within a frame (each frame writes its slots before reading them): an item's
     # state is its token ring, flags, offset and conditions.
 
-    def __post_init__(self) -> None:
-        self.item_tensors = ("cache", "given", "offsets") + tuple(
+    @property
+    def item_tensors(self) -> tuple[str, ...]:
+        return ("cache", "given", "offsets") + tuple(
             name for name in ("condition_sum", "cross_kv") if getattr(self, name) is not None
         )
 
@@ -170,10 +171,8 @@ class Generator(StreamingModule):
             if state.cross_kv is None:  # allocated at the first item, for the whole batch
                 whole = state.parent or state
                 whole.cross_kv = torch.zeros((whole.batch_size,) + tuple(kv.shape), dtype=kv.dtype, device=kv.device)
-                whole.__post_init__()
                 if whole is not state:
                     state.cross_kv = whole.cross_kv[: state.batch_size]
-                    state.__post_init__()
             if kv.shape != state.cross_kv.shape[1:]:
                 raise ValueError(f"conditions give {kv.shape[-2]} cross-attention positions; this batch holds {state.cross_kv.shape[-2]}")
             state.cross_kv[item].copy_(kv)
@@ -211,10 +210,11 @@ class Generator(StreamingModule):
             self.lm.transformer.restore_item(2 * item + j, snap["lm"][j])
 
     def copy_item(self, src: int, dst: int) -> None:
-        super().copy_item(src, dst)
-        if self.cfg:
-            for j in (0, 1):
-                self.lm.transformer.copy_item(2 * src + j, 2 * dst + j)
+        if not self.cfg:
+            return super().copy_item(src, dst)
+        self._streaming_state.copy_item(src, dst)  # not the generic walk: the LM's rows are two per item
+        for j in (0, 1):
+            self.lm.transformer.copy_item(2 * src + j, 2 * dst + j)
 
     @contextmanager
     def rows(self, n: int) -> Iterator[None]:
@@ -288,8 +288,7 @@ class Generator(StreamingModule):
         if self.cfg:  # rows 2b (conditioned) and 2b + 1 (null) for item b
             tokens = tokens.repeat_interleave(2, dim=0)
             if self.cfg_no_text:
-                null_text = torch.where(unseen[:, 0], tokens[1::2, 0], torch.full_like(tokens[1::2, 0], ZERO_TOKEN))
-                tokens = torch.stack([tokens[0::2], torch.cat([null_text[:, None], tokens[1::2, 1:]], dim=1)], dim=1).flatten(0, 1)
+                tokens[1::2, 0] = torch.where(unseen[:, 0], tokens[1::2, 0], ZERO_TOKEN)  # the null rows see no text
             if embeddings is not None:
                 embeddings, embeddings_mask = embeddings.repeat_interleave(2, dim=0), embeddings_mask.repeat_interleave(2, dim=0)
         if embeddings is None:

@@ -134,14 +134,15 @@ def _transcribe_batch(
     prefix = round(stt.audio_silence_prefix_seconds * rate)
     own = [framed_frames(w.shape[0], stt, rate, frame) for w in wavs]
     frames, B = max(own), len(wavs)
-    user = torch.zeros(B, 1, frames * frame)  # [B, 1, T * frame]: prefix, audio, silence
-    for b, wav in enumerate(wavs):
-        user[b, 0, prefix : prefix + wav.shape[0]] = wav
     # The token returned at step s was sampled `lag` steps earlier; step until every frame's token is out.
     lag = cfg.max_delay - cfg.delays[0]
-    tokens = torch.full((B, frames), cfg.text_pad_id, dtype=torch.long)
-    heads = torch.zeros(B, frames, cfg.extra_heads_num_heads, cfg.extra_heads_dim)
-    user = torch.cat([user, torch.zeros(B, 1, lag * frame)], dim=-1)  # what the last `lag` steps hear
+    # [B, 1, (T + lag) * frame]: prefix, audio, silence, and what the last `lag` steps hear
+    user = torch.zeros(B, 1, (frames + lag) * frame)
+    for b, wav in enumerate(wavs):
+        user[b, 0, prefix : prefix + wav.shape[0]] = wav
+    # Kept on the device while stepping (no host sync per frame), brought back once at the end.
+    tokens = torch.full((B, frames), cfg.text_pad_id, dtype=torch.long, device=weight.device)
+    heads = torch.zeros(B, frames, cfg.extra_heads_num_heads, cfg.extra_heads_dim, device=weight.device)
     with torch.inference_mode(), mimi.streaming(B), gen.streaming(B):
         codes, first = None, 0  # the codes of frames first .. first + CHUNK - 1
         for s in range(frames + lag + 1):
@@ -151,13 +152,14 @@ def _transcribe_batch(
                 codes = mimi.encode(user[..., f * frame : (f + CHUNK) * frame].to(weight.device, weight.dtype))
             out = gen.step(codes[..., f - first : f - first + 1])
             if out is not None and 0 <= s - lag - 1 < frames:  # the token sampled `lag` steps ago
-                tokens[:, s - lag - 1] = out[:, 0, 0].cpu()
+                tokens[:, s - lag - 1] = out[:, 0, 0]
             if 1 <= s <= frames:
                 if cfg.extra_heads_num_heads:
                     probs = gen.lm.extra_head_probs(gen.state.hidden)  # this step's, [B, 1, E] each
-                    heads[:, f] = torch.stack([p[:, 0] for p in probs], dim=1).float().cpu()
+                    heads[:, f] = torch.stack([p[:, 0] for p in probs], dim=1).float()
                 if progress is not None:
                     progress(sum(f < n for n in own))
+    tokens, heads = tokens.cpu(), heads.cpu()
     results = []
     for b, wav in enumerate(wavs):
         duration = wav.shape[0] / rate

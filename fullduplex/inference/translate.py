@@ -97,6 +97,7 @@ def _translate_batch(
     for b, wav in enumerate(wavs):
         source[b, :, : wav.shape[-1]] = wav
     ends = torch.tensor(source_frames, device=device)  # [B] the step that feeds each item's end marks
+    source_over, tail_over = torch.tensor(source_frames), torch.tensor(limits) - 1  # [B] on the host
     done = torch.zeros(B, dtype=torch.bool)  # no more output for the item (its EOS, or the end of its tail)
     finished = torch.zeros(B, dtype=torch.bool)  # its EOS
     steps: list[torch.Tensor] = []  # [B, 1 + own_q, 1] per output step
@@ -117,20 +118,21 @@ def _translate_batch(
                 progress(sum(t < n for n in source_frames))
             if tokens is None:
                 continue
-            decoded = mimi.decode(tokens[:, 1:].clamp(min=0)).float().cpu()  # [B, 1, frame]
-            ready = (tokens[:, 1:] >= 0).all(dim=1).view(B, 1, 1).cpu()
-            steps.append(tokens.cpu())
+            decoded = mimi.decode(tokens[:, 1:].clamp(min=0)).float()  # [B, 1, frame], kept on the device
+            ready = (tokens[:, 1:] >= 0).all(dim=1).view(B, 1, 1)
             pcm.append(torch.where(ready, decoded, torch.zeros_like(decoded)))
-            alive.append(~done.clone())
+            host = tokens.cpu()  # the step's one copy to the host: whether each item has ended is decided here
+            steps.append(host)
+            alive.append(~done)
             # EOS counts only once the source is over (before, Hibiki's loader makes it read as PAD).
-            done |= (tokens[:, 0, 0].cpu() == HIBIKI_EOS_ID) & torch.tensor([t >= n for n in source_frames])
+            done |= (host[:, 0, 0] == HIBIKI_EOS_ID) & (source_over <= t)
             finished |= done
-            done |= torch.tensor([t + 1 >= limit for limit in limits])  # out of tail
+            done |= tail_over <= t  # out of tail
             if bool(done.all()):
                 break
     results = []
     tokens_all = torch.cat(steps, dim=-1)  # [B, 1 + own_q, T]
-    audio_all = torch.cat(pcm, dim=-1)  # [B, 1, T * frame]
+    audio_all = torch.cat(pcm, dim=-1).cpu()  # [B, 1, T * frame]
     alive_all = torch.stack(alive, dim=-1)  # [B, T]
     for b in range(B):
         length = int(alive_all[b].sum())  # steps up to and including the EOS

@@ -230,8 +230,10 @@ class TTS:
             out = [self._process(step, r, int(t)) for r, t in zip(readers, text.tolist(), strict=True)]
             return torch.tensor(out, dtype=text.dtype, device=text.device)
 
+        audio_starts = torch.tensor(delays, device=device) + self.delay_steps  # [dep_q] first step each codebook speaks
+
         def audio_hook(audio: torch.Tensor) -> torch.Tensor:
-            silent = torch.tensor([step < d + self.delay_steps for d in delays], device=audio.device)  # [dep_q]
+            silent = step < audio_starts  # [dep_q]
             return torch.where(silent[None], torch.full_like(audio, ZERO_TOKEN), audio)
 
         with gen.streaming(B):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..nn.norm import RMSNorm
+from ..nn.norm import RMSNorm, make_norm
 from ..nn.transformer import StreamingTransformer
 from .conditioners import ConditionProvider, Conditions
 from .config import LMConfig
@@ -68,13 +68,6 @@ def make_embedding(rows: int, dim: int, rank: int | None = None, demux: bool = F
     """A plain :class:`TokenEmbedding` (``norm``: ``norm_emb``), or a :class:`FactoredEmbedding` for low-rank or
     demuxed tokens (LMConfig refuses ``norm_emb`` with those)."""
     return FactoredEmbedding(rows, dim, rank, demux) if rank or demux else TokenEmbedding(rows, dim, norm)
-
-
-def make_depth_norm(kind: str, dim: int) -> nn.Module:
-    """``depformer_norm``: rms_norm_f32 (eps 1e-8), rms_norm (eps 1e-5) or layer_norm (eps 1e-5)."""
-    if kind == "layer_norm":
-        return nn.LayerNorm(dim, eps=1e-5)
-    return RMSNorm(dim, eps=1e-8 if kind == "rms_norm_f32" else 1e-5)
 
 
 @dataclass
@@ -143,8 +136,9 @@ class LMModel(nn.Module):
             cfg.depformer_dim, cfg.depformer_num_heads, cfg.depformer_num_layers, cfg.depformer_feedforward, cfg.dep_q,
             cfg.kv_repeat, cfg.depformer_weights_per_step_schedule,
         ) if cfg.dep_q else None
-        if cfg.depformer_norm is not None:
-            self.depformer_norms = nn.ModuleList(make_depth_norm(cfg.depformer_norm, cfg.depformer_dim) for _ in range(cfg.dep_q))
+        self.depformer_norms = None if cfg.depformer_norm is None else nn.ModuleList(
+            make_norm(cfg.depformer_norm, cfg.depformer_dim) for _ in range(cfg.dep_q)
+        )
         self.linears = nn.ModuleList(
             nn.Linear(cfg.depformer_dim, cfg.card, bias=cfg.bias_proj) for _ in range(cfg.dep_q)
         )
@@ -211,7 +205,7 @@ class LMModel(nn.Module):
 
     def depth_logits(self, k: int, x: torch.Tensor) -> torch.Tensor:
         """Audio logits of depth step k from the Depth Transformer's output ``x`` [..., depformer_dim]."""
-        if hasattr(self, "depformer_norms"):
+        if self.depformer_norms is not None:
             x = self.depformer_norms[k](x)
         return self.linears[k](x)
 

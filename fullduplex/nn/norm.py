@@ -24,9 +24,12 @@ class RMSNorm(nn.Module):
 
 
 def make_norm(kind: str, dim: int) -> nn.Module:
-    """``layer_norm`` (eps 1e-5, with bias: Mimi) or ``rms_norm_f32`` (eps 1e-8: the Moshi LM)."""
+    """``layer_norm`` (eps 1e-5, with bias: Mimi), ``rms_norm_f32`` (eps 1e-8: the Moshi LM) or ``rms_norm``
+    (eps 1e-5: Kyutai TTS's ``depformer_norm``)."""
     if kind == "layer_norm":
         return nn.LayerNorm(dim, eps=1e-5)
     if kind == "rms_norm_f32":
         return RMSNorm(dim, eps=1e-8)
-    raise ValueError(f"unknown norm {kind!r} (expected 'layer_norm' or 'rms_norm_f32')")
+    if kind == "rms_norm":
+        return RMSNorm(dim, eps=1e-5)
+    raise ValueError(f"unknown norm {kind!r} (expected 'layer_norm', 'rms_norm_f32' or 'rms_norm')")

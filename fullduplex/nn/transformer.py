@@ -77,6 +77,8 @@ class TransformerLayer(nn.Module):
         if cross_attention:  # after self-attention, before the FFN; its norm is a LayerNorm whatever `norm` is
             self.norm_cross = nn.LayerNorm(dim, eps=1e-5)
             self.cross_attention = CrossAttention(dim, num_heads)
+        else:
+            self.cross_attention = None
         self.norm2 = make_norm(norm, dim)
         if ffn == "gelu":
             self.linear1 = nn.Linear(dim, dim_feedforward, bias=False)
@@ -107,7 +109,7 @@ class TransformerLayer(nn.Module):
     ) -> torch.Tensor:
         """``cross_kv`` [2, B, H, Tc, d]: keys and values of the conditions (layers with cross-attention)."""
         x = x + self.layer_scale_1(self.self_attn(self.norm1(x), positions, rotation, slots, mask, store, read))
-        if hasattr(self, "cross_attention"):
+        if self.cross_attention is not None:
             if cross_kv is None:
                 raise ValueError("this layer has cross-attention: give the conditions' keys and values")
             x = x + self.cross_attention(self.norm_cross(x), cross_kv)

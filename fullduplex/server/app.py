@@ -133,8 +133,6 @@ class Server:
     :meth:`app` builds the aiohttp app. A speech-to-text model's sessions (``speaks`` False) get Text messages
     and no Audio."""
 
-    speaks = True
-
     def __init__(
         self,
         engine: Engine | EnginePool,
@@ -145,7 +143,6 @@ class Server:
     ) -> None:
         self.tokenizer, self.config = tokenizer, config or ServerConfig()
         self.personas = personas
-        self.speaks = engine.engines[0].lm.config.own_q > 0 if isinstance(engine, EnginePool) else engine.lm.config.own_q > 0
         # All model work belongs on one thread: torch's OpenMP keeps a thread team per calling thread, and once two
         # teams exist on 2 cores an engine step took 95 ms instead of 63 (measured). Load the models with
         # `model_thread.submit(...)` too, then hand it here (see `fullduplex serve`). A pool brings its own threads.
@@ -154,6 +151,7 @@ class Server:
         else:
             self.pool = EnginePool.single(engine, model_thread or new_model_thread())
         self.engine = self.pool.engines[0]  # the only one unless serving several devices
+        self.speaks = self.engine.lm.config.own_q > 0
         self._executor = self.pool.lanes[0].thread  # persona preparation runs here
         self._input = asyncio.Event()  # shared by the step loops: each re-checks its own sessions when woken
         self._outputs: dict[Session, asyncio.Event] = {}  # session -> set after each step of its engine

@@ -120,9 +120,14 @@ class Saved:
     rngs: list[dict[str, Any]]
 
 
+def load_tensors(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
+    """The saved weights of ``step`` alone (what an export needs: not the optimiser's state)."""
+    return load_file(str(step_dir(run_dir, step) / "trainable.safetensors"))
+
+
 def load_checkpoint(run_dir: Path, step: int) -> Saved:
     folder = step_dir(run_dir, step)
-    return Saved(step, load_file(str(folder / "trainable.safetensors")),
+    return Saved(step, load_tensors(run_dir, step),
                  torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=False),
                  json.loads((folder / "state.json").read_text()),
                  torch.load(folder / "rng.pt", map_location="cpu", weights_only=False))

@@ -410,7 +410,7 @@ def export_codec(run_dir: Path, config: MimiConfig) -> Path:
 
     step = ckpt.pick_checkpoint(run_dir, "best")
     mimi = Mimi(config)
-    mimi.load_state_dict({k: v for k, v in ckpt.load_checkpoint(run_dir, step).tensors.items()
+    mimi.load_state_dict({k: v for k, v in ckpt.load_tensors(run_dir, step).items()
                           if not k.startswith(EMA_PREFIX)})
     out = save_mimi(mimi, run_dir / "mimi.safetensors")
     with atomic_output(run_dir / "mimi_config.json") as tmp:

@@ -99,6 +99,6 @@ def trim_metrics(path: Path, step: int) -> None:
 def draw_loss_curve(run_dir: Path, metrics_path: Path) -> Path | None:
     """``RUN/loss.png`` from ``metrics.jsonl``; one line on stderr when matplotlib is missing."""
     path = write_loss_curve(run_dir, read_metrics(metrics_path))
-    if path is None and not (run_dir / "loss.png").exists() and not matplotlib_available():
+    if path is None and not (run_dir / CURVE_NAME).exists() and not matplotlib_available():
         print(MISSING, file=sys.stderr)
     return path

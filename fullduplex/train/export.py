@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from ..atomic import check_output_folder, folder_output
 from ..checkpoint.convert import FORMATS, checkpoint_folder, save_checkpoint
@@ -86,7 +85,7 @@ def export_run(run_dir: str | Path, output: str | Path, checkpoint: str = "best"
     step = ckpt.pick_checkpoint(run_dir, checkpoint)
     stage = on_stage or (lambda _: None)
     stage("loading the base model")
-    trainable = load_file(str(ckpt.step_dir(run_dir, step) / "trainable.safetensors"))
+    trainable = ckpt.load_tensors(run_dir, step)
     from .recipe import load_base
 
     model = load_base(cfg, torch.float32)

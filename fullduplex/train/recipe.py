@@ -20,7 +20,6 @@ from . import checkpointing as ckpt
 from . import distributed as D
 from .checkpointing import Saved
 from .config import TrainConfig
-from .curve import draw_loss_curve, read_metrics  # noqa: F401 (this module's names before curve.py had them)
 from .data import TrainWindows, ValidWindows
 from .loop import Result, lr_factor, run
 from .lora import apply_lora
@@ -141,7 +140,7 @@ class LMTask:
         self.fsdp = d.enabled and cfg.run.fsdp
         bf16 = cfg.run.mixed_precision == "bf16" or (cfg.run.mixed_precision == "auto" and d.device.type == "cuda")
         self.micro = micro_batches(cfg, d.world)
-        windows_per_step = cfg.run.batch_size * d.world * self.micro
+        self.windows_per_step = windows_per_step = cfg.run.batch_size * d.world * self.micro
         if saved is not None and saved.state.get("windows_per_step", windows_per_step) != windows_per_step:
             n = saved.state["windows_per_step"]
             raise FullduplexError(
@@ -244,8 +243,7 @@ class LMTask:
         return {k: v for k, v in full.items() if k in self.trainable_names} if self.cfg.lora.enabled else full
 
     def state(self) -> dict[str, Any]:
-        windows_per_step = self.frames_per_step // self.cfg.segment_frames()
-        return {"valid_position": self.valid_position, "windows_per_step": windows_per_step, "lora": self.cfg.lora.enabled}
+        return {"valid_position": self.valid_position, "windows_per_step": self.windows_per_step, "lora": self.cfg.lora.enabled}
 
     def export(self, run_dir: Path) -> Path | None:
         return None  # `fullduplex export RUN --output DIR` chooses the checkpoint and the format

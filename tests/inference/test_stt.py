@@ -7,14 +7,12 @@ moshi 0.2.13's teacher-forced ``forward`` asserts a Depth Transformer, so STT-sh
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from safetensors.torch import save_file
 
 import fullduplex as fd
 from fullduplex.lm import LMConfig
+from tests.helpers import random_reference_lm, write_released_lm
 
 loaders = pytest.importorskip("moshi.models.loaders", reason="reference oracle: pip install --no-deps moshi==0.2.13")
 from moshi.models import lm as reference_lm  # noqa: E402
@@ -34,24 +32,13 @@ DIALOGUE = LMConfig(
 
 
 def reference_model(config: LMConfig, seed: int = 1):
-    torch.manual_seed(seed)
-    model = loaders.get_moshi_lm(None, config.to_moshi_dict(), device="cpu", dtype=torch.float32)
-    with torch.no_grad():  # the default init leaves norms at one and biases at zero: make every weight count
-        for name, p in model.named_parameters():
-            if name.endswith(("alpha", "norm.weight")):
-                p.copy_(torch.rand_like(p) + 0.5)
-            elif name.endswith("bias"):
-                p.copy_(torch.randn_like(p) * 0.5)
-    return model.eval()
+    return random_reference_lm(config.to_moshi_dict(), seed)
 
 
 def released_folder(model, config: LMConfig, folder, extra: dict | None = None):
     """A model folder as released: model.safetensors in the reference's names, config.json with its LM kwargs."""
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
     raw = {k: v for k, v in config.to_moshi_dict().items() if k in LMConfig.__dataclass_fields__}
-    (folder / "config.json").write_text(json.dumps({**raw, **(extra or {})}))
-    return folder
+    return write_released_lm(model, {**raw, **(extra or {})}, folder)
 
 
 @pytest.fixture(scope="module")

@@ -135,6 +135,37 @@ def test_engine_serves_hibiki_sessions_independently(models, cfg_coef):
         assert torch.equal(a, b)
 
 
+def test_copy_item_under_guidance_moves_both_rows_and_nothing_else():
+    """``Generator.copy_item`` with guidance (what the engine does when a middle session leaves): item dst's two
+    LM rows become item src's, every other item's rows stay as they were."""
+    from fullduplex.inference import Generator
+    from fullduplex.inference.translate import hibiki_conditions
+
+    torch.manual_seed(0)
+    lm = fd.LMModel(HIBIKI).eval()
+    gen = Generator(lm, temp=0.0, temp_text=0.0, cfg_coef=3.0)
+
+    def rows() -> list[list[torch.Tensor]]:  # per LM row: its cached keys and values, every layer
+        out = []
+        for row in range(6):
+            snap = lm.transformer.snapshot_item(row)
+            out.append([t for state in snap.values() for layer in state.data for t in layer])
+        return out
+
+    with torch.no_grad(), gen.streaming(3):
+        for b in range(3):
+            gen.set_conditions(b, *hibiki_conditions(3.0))
+        for _ in range(4):
+            gen.step(torch.randint(0, HIBIKI.card, (3, HIBIKI.user_q, 1)))
+        before = rows()
+        gen.copy_item(2, 1)
+        after = rows()
+    same = lambda x, y: len(x) == len(y) and all(torch.equal(a, b) for a, b in zip(x, y, strict=True))  # noqa: E731
+    assert same(after[0], before[0]) and same(after[1], before[1])  # item 0 (rows 0, 1) untouched
+    assert same(after[2], before[4]) and same(after[3], before[5])  # item 1 (rows 2, 3) is now item 2
+    assert not same(before[2], before[4])  # the rows differed: not vacuous
+
+
 def test_engine_refuses_guidance_without_conditions(models):
     from fullduplex.errors import FullduplexError
     from fullduplex.inference.engine import Engine

@@ -9,11 +9,11 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 import fullduplex as fd
 from fullduplex.lm import LMConfig
 from fullduplex.lm.conditioners import null_conditions, voice_condition
+from tests.helpers import random_reference_lm, write_released_lm
 
 loaders = pytest.importorskip("moshi.models.loaders", reason="reference oracle: pip install --no-deps moshi==0.2.13")
 from moshi.conditioners import ConditionAttributes, TensorCondition  # noqa: E402
@@ -49,40 +49,25 @@ NOT_LM = ("model_type", "tts_config")
 
 
 def build_reference(config: dict, seed: int):
-    torch.manual_seed(seed)
-    kwargs = {k: v for k, v in copy.deepcopy(config).items() if k not in NOT_LM}
-    model = loaders.get_moshi_lm(None, kwargs, device="cpu", dtype=torch.float32)
-    with torch.no_grad():  # the default init leaves norms at one and paddings small: make every weight count
-        for name, p in model.named_parameters():
-            if name.endswith(("alpha", "norm_cross.weight")) or name.startswith("depformer_norms."):
-                p.copy_(torch.rand_like(p) + 0.5)
-            elif name.endswith(("learnt_padding", "norm_cross.bias")):
-                p.copy_(torch.randn_like(p))
+    model = random_reference_lm({k: v for k, v in copy.deepcopy(config).items() if k not in NOT_LM}, seed)
     if config.get("model_type") == "hibiki":  # what the reference's CheckpointInfo.get_moshi does
         model.text_emb.weight.data[2] = model.text_emb.weight.data[3]
-    return model.eval()
+    return model
 
 
-def save_folder(model, config: dict, folder) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
-    (folder / "config.json").write_text(json.dumps(config))
+def released_pair(tmp_path_factory, config: dict, seed: int):
+    reference = build_reference(config, seed)
+    return reference, fd.load_lm(write_released_lm(reference, config, tmp_path_factory.mktemp(config.get("model_type", "lm"))))
 
 
 @pytest.fixture(scope="module")
 def hibiki(tmp_path_factory):
-    reference = build_reference(HIBIKI, 1)
-    folder = tmp_path_factory.mktemp("hibiki")
-    save_folder(reference, HIBIKI, folder)
-    return reference, fd.load_lm(folder)
+    return released_pair(tmp_path_factory, HIBIKI, 1)
 
 
 @pytest.fixture(scope="module")
 def tts(tmp_path_factory):
-    reference = build_reference(TTS, 2)
-    folder = tmp_path_factory.mktemp("tts")
-    save_folder(reference, TTS, folder)
-    return reference, fd.load_lm(folder)
+    return released_pair(tmp_path_factory, TTS, 2)
 
 
 def random_codes(config: LMConfig, B: int, T: int, seed: int = 0, demux: bool = False) -> torch.Tensor:

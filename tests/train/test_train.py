@@ -80,7 +80,7 @@ def test_resume_after_kill_matches_uninterrupted(recipe, tmp_path):
 
 def test_metrics_line_torn_in_the_middle_names_the_file(tmp_path):
     from fullduplex.errors import FullduplexError
-    from fullduplex.train.recipe import read_metrics
+    from fullduplex.train.curve import read_metrics
 
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo\n{"step": 3, "loss": 1.0}\n')
@@ -92,7 +92,7 @@ def test_metrics_line_torn_in_the_middle_names_the_file(tmp_path):
 
 
 def test_loss_curve_without_matplotlib_is_one_line(tmp_path, monkeypatch, capsys):
-    from fullduplex.train.recipe import draw_loss_curve
+    from fullduplex.train.curve import draw_loss_curve
 
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "split": "train", "loss": 2.0}\n')
     monkeypatch.setitem(sys.modules, "matplotlib", None)
